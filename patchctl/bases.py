@@ -1,0 +1,228 @@
+"""Reading base checkpoints without loading tensors: safetensors headers and fingerprints.
+
+Fingerprints (DESIGN.md):
+
+- ``weights_sha256``: sha256 over the sorted lines ``"<relative path>\\t<sha256 of file>\\n"`` of the
+  base's ``*.safetensors`` files (those named by ``model.safetensors.index.json`` when present).
+  On the Hub the per-file sha256 is the LFS oid, so remote bases are fingerprinted from metadata.
+- ``structure_sha256``: sha256 of canonical JSON (sorted keys, no spaces) of
+  ``{"model_type": ..., "tensors": [[name, [shape...], dtype], ...]}`` with tensors sorted by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from patchctl._fs import sha256_file
+from patchctl.errors import InvalidInputError, UnsupportedError
+from patchctl.schemas.base import BaseFacts, Family, TensorInfo, WeightFile
+
+__all__ = [
+    "INDEX_FILE",
+    "MAX_HEADER_BYTES",
+    "TOKENIZER_FILES",
+    "base_facts_from_parts",
+    "family_from_config",
+    "header_length",
+    "parse_safetensors_header",
+    "read_local_base",
+    "read_safetensors_header",
+    "structure_fingerprint",
+    "tokenizer_fingerprint",
+    "weight_file_names",
+    "weights_fingerprint",
+]
+
+INDEX_FILE = "model.safetensors.index.json"
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
+
+
+def parse_safetensors_header(prefix: bytes, *, source: str = "<bytes>") -> dict[str, Any]:
+    """Parse the JSON header given the file's first ``8 + N`` bytes. ``__metadata__`` is kept as is."""
+    if len(prefix) < 8:
+        raise InvalidInputError(f"{source}: not a safetensors file (shorter than 8 bytes)")
+    (n,) = struct.unpack("<Q", prefix[:8])
+    if n > MAX_HEADER_BYTES:
+        raise InvalidInputError(f"{source}: not a safetensors file (header length {n} is implausible)")
+    if len(prefix) < 8 + n:
+        raise InvalidInputError(f"{source}: truncated safetensors header")
+    try:
+        header = json.loads(prefix[8 : 8 + n])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInputError(f"{source}: safetensors header is not JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise InvalidInputError(f"{source}: safetensors header is not a JSON object")
+    return header
+
+
+def header_length(first8: bytes) -> int:
+    (n,) = struct.unpack("<Q", first8[:8])
+    return int(n)
+
+
+def _read_header_from(f: BinaryIO, source: str) -> dict[str, Any]:
+    first = f.read(8)
+    if len(first) < 8:
+        raise InvalidInputError(f"{source}: not a safetensors file (shorter than 8 bytes)")
+    n = header_length(first)
+    if n > MAX_HEADER_BYTES:
+        raise InvalidInputError(f"{source}: not a safetensors file (header length {n} is implausible)")
+    return parse_safetensors_header(first + f.read(n), source=source)
+
+
+def read_safetensors_header(path: Path) -> dict[str, Any]:
+    """The header of a local safetensors file: ``{name: {dtype, shape, data_offsets}, "__metadata__"?}``."""
+    with open(path, "rb") as f:
+        return _read_header_from(f, str(path))
+
+
+def weights_fingerprint(files: Iterable[tuple[str, str]]) -> str:
+    lines = sorted(f"{path}\t{sha}\n" for path, sha in files)
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+tokenizer_fingerprint = weights_fingerprint
+
+
+def structure_fingerprint(model_type: str, tensors: Iterable[tuple[str, Iterable[int], str]]) -> str:
+    rows = sorted([name, [int(d) for d in shape], str(dtype)] for name, shape, dtype in tensors)
+    doc = {"model_type": model_type, "tensors": rows}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def family_from_config(config: Mapping[str, Any], *, source: str = "config.json") -> Family:
+    """The family facts of a transformers ``config.json`` (text configs nested in ``text_config`` too)."""
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise InvalidInputError(f"{source}: no 'model_type' (is this a transformers model config?)")
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+
+    def pick(*keys: str) -> Any:
+        for key in keys:
+            for src in (config, text):
+                if isinstance(src, Mapping) and src.get(key) is not None:
+                    return src[key]
+        return None
+
+    archs = config.get("architectures") or ()
+    return Family(
+        model_type=model_type,
+        architectures=tuple(str(a) for a in archs),
+        hidden_size=pick("hidden_size", "n_embd", "d_model"),
+        num_hidden_layers=pick("num_hidden_layers", "n_layer", "num_layers"),
+        vocab_size=pick("vocab_size"),
+        dtype=pick("dtype", "torch_dtype"),
+        tie_word_embeddings=pick("tie_word_embeddings"),
+    )
+
+
+def weight_file_names(base_dir: Path) -> list[str]:
+    """The safetensors files of a base: the index's files when an index exists, else ``*.safetensors``."""
+    index = base_dir / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInputError(f"{index}: not a valid safetensors index ({exc})") from None
+        names = sorted(set(weight_map.values()))
+        missing = [n for n in names if not (base_dir / n).is_file()]
+        if missing:
+            raise InvalidInputError(f"{index}: names missing shard(s): {', '.join(missing)}")
+        return names
+    names = sorted(p.name for p in base_dir.glob("*.safetensors") if p.is_file())
+    if not names:
+        if any(base_dir.glob("*.bin")) or any(base_dir.glob("*.pt")):
+            raise UnsupportedError(
+                f"{base_dir}: only pickle weights (*.bin/*.pt) found; patchctl reads safetensors only "
+                "(convert with `model.save_pretrained(dir, safe_serialization=True)`)"
+            )
+        raise InvalidInputError(f"{base_dir}: no *.safetensors weights found")
+    return names
+
+
+def base_facts_from_parts(
+    *,
+    source: str,
+    revision: str | None,
+    config: Mapping[str, Any],
+    files: Iterable[tuple[str, str, int]],
+    headers: Mapping[str, Mapping[str, Any]],
+    tokenizer_files: Iterable[tuple[str, str]] = (),
+) -> BaseFacts:
+    """Assemble :class:`BaseFacts` from a config, ``(path, sha256, size)`` of each weight file and
+    each file's safetensors header. Shared by local directories and remote (Hub) bases."""
+    family = family_from_config(config, source=f"{source}: config.json")
+    tensors: dict[str, TensorInfo] = {}
+    for fname, header in sorted(headers.items()):
+        for tname, info in header.items():
+            if tname == "__metadata__":
+                continue
+            tensors[tname] = TensorInfo(dtype=str(info["dtype"]), shape=tuple(info["shape"]), file=fname)
+    wfiles = tuple(WeightFile(path=p, sha256=s, size=n) for p, s, n in sorted(files))
+    tok = list(tokenizer_files)
+    qcfg = config.get("quantization_config")
+    quant = None
+    if isinstance(qcfg, Mapping):
+        quant = str(qcfg.get("quant_method") or ("bitsandbytes" if "load_in_4bit" in qcfg else "unknown"))
+    return BaseFacts(
+        source=source,
+        revision=revision,
+        weights_sha256=weights_fingerprint((f.path, f.sha256) for f in wfiles),
+        structure_sha256=structure_fingerprint(
+            family.model_type, ((n, t.shape, t.dtype) for n, t in tensors.items())
+        ),
+        family=family,
+        config=dict(config),
+        weight_files=wfiles,
+        tensors=tensors,
+        tokenizer_sha256=tokenizer_fingerprint(tok) if tok else None,
+        quantization=quant,
+    )
+
+
+def read_local_base(
+    base_dir: Path, *, revision: str | None = None, progress: Callable[[int], None] | None = None
+) -> BaseFacts:
+    """Facts of a local base directory. Hashes every weight file (streaming); never loads tensors."""
+    base_dir = Path(base_dir).expanduser()
+    if not base_dir.is_dir():
+        raise InvalidInputError(f"{base_dir}: base directory does not exist")
+    cfg_path = base_dir / "config.json"
+    if not cfg_path.is_file():
+        raise InvalidInputError(f"{base_dir}: no config.json (is this a transformers model directory?)")
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInputError(f"{cfg_path}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise InvalidInputError(f"{cfg_path}: expected a JSON object")
+    names = weight_file_names(base_dir)
+    files = []
+    headers = {}
+    for name in names:
+        path = base_dir / name
+        headers[name] = read_safetensors_header(path)
+        files.append((name, sha256_file(path, progress), path.stat().st_size))
+    tok = [(n, sha256_file(base_dir / n)) for n in TOKENIZER_FILES if (base_dir / n).is_file()]
+    return base_facts_from_parts(
+        source=str(base_dir.resolve()),
+        revision=revision,
+        config=config,
+        files=files,
+        headers=headers,
+        tokenizer_files=tok,
+    )

@@ -1,0 +1,158 @@
+"""A tolerant reader of PEFT's ``adapter_config.json``.
+
+PEFT adds keys release after release, so unknown keys are ignored (with a debug log) while
+the keys a merge depends on are checked. Features patchctl cannot merge exactly are listed
+by :meth:`AdapterConfig.unsupported_features` so that checks can refuse them by name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from patchctl.errors import AdapterError, UnsupportedError
+from patchctl.schemas._common import format_validation_error
+
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "AdapterConfig", "read_adapter_config"]
+
+log = logging.getLogger(__name__)
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+_KNOWN_KEYS = {
+    "peft_type", "task_type", "r", "lora_alpha", "use_rslora", "rank_pattern", "alpha_pattern",
+    "target_modules", "exclude_modules", "modules_to_save", "fan_in_fan_out", "bias", "lora_bias",
+    "use_dora", "base_model_name_or_path", "revision", "layers_to_transform", "layers_pattern",
+    "lora_dropout", "init_lora_weights", "inference_mode", "auto_mapping", "layer_replication",
+    "megatron_config", "megatron_core", "loftq_config", "eva_config", "corda_config", "use_qalora",
+    "qalora_group_size", "target_parameters", "trainable_token_indices", "alora_invocation_tokens",
+    "peft_version", "runtime_config", "arrow_config", "ensure_weight_tying", "use_bdlora",
+}  # fmt: skip
+
+
+class AdapterConfig(BaseModel):
+    """The parts of a PEFT adapter config that patchctl reads. Frozen; unknown keys ignored."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    peft_type: str
+    task_type: str | None = None
+    r: int = Field(default=8, gt=0)
+    lora_alpha: float = 8
+    use_rslora: bool = False
+    rank_pattern: dict[str, int] = Field(default_factory=dict)
+    alpha_pattern: dict[str, float] = Field(default_factory=dict)
+    target_modules: list[str] | str | None = None
+    exclude_modules: list[str] | str | None = None
+    modules_to_save: list[str] | None = None
+    fan_in_fan_out: bool = False
+    bias: str = "none"
+    lora_bias: bool = False
+    use_dora: bool = False
+    base_model_name_or_path: str | None = None
+    revision: str | None = None
+    layers_to_transform: list[int] | int | None = None
+    layers_pattern: list[str] | str | None = None
+    layer_replication: list[list[int]] | None = None
+    use_qalora: bool = False
+    target_parameters: list[str] | None = None
+    trainable_token_indices: Any = None
+    alora_invocation_tokens: Any = None
+    #: the config as read, for writing a rebased adapter without losing keys
+    raw: dict[str, Any] = Field(default_factory=dict, exclude=True, repr=False)
+
+    @field_validator("peft_type")
+    @classmethod
+    def _upper(cls, v: str) -> str:
+        return v.upper()
+
+    @field_validator("bias")
+    @classmethod
+    def _bias(cls, v: str) -> str:
+        if v not in ("none", "all", "lora_only"):
+            raise ValueError("must be 'none', 'all' or 'lora_only'")
+        return v
+
+    @property
+    def is_lora(self) -> bool:
+        return self.peft_type == "LORA"
+
+    def unsupported_features(self) -> list[str]:
+        """Reasons this adapter cannot be merged exactly by patchctl (empty if it can)."""
+        reasons = []
+        if not self.is_lora:
+            reasons.append(f"peft_type {self.peft_type} is not LoRA (only LORA patches are supported)")
+        if self.use_dora:
+            reasons.append("DoRA (use_dora=true) is not supported: its merge needs the weight norm")
+        if self.layer_replication:
+            reasons.append("layer_replication is not supported")
+        if self.use_qalora:
+            reasons.append("QALoRA (use_qalora=true) is not supported")
+        if self.target_parameters:
+            reasons.append("target_parameters (LoRA on nn.Parameter) is not supported")
+        if self.trainable_token_indices:
+            reasons.append("trainable_token_indices (trainable tokens) is not supported")
+        if self.alora_invocation_tokens:
+            reasons.append("aLoRA (alora_invocation_tokens) is not supported")
+        if self.raw.get("use_bdlora"):
+            reasons.append("BD-LoRA (use_bdlora) is not supported")
+        return reasons
+
+    def require_lora(self) -> None:
+        """Raise :class:`UnsupportedError` naming the first reason this adapter is not plain LoRA."""
+        reasons = self.unsupported_features()
+        if reasons:
+            raise UnsupportedError("; ".join(reasons))
+
+    def _pattern_value(self, pattern: dict[str, Any], module: str, default: Any) -> Any:
+        # exactly PEFT's peft.utils.other.get_pattern_key: the first key that matches the end
+        # of the module name (keys are regexes) wins
+        for key, value in pattern.items():
+            try:
+                if re.match(rf"(.*\.)?({key})$", module):
+                    return value
+            except re.error:
+                continue
+        return default
+
+    def rank_for(self, module: str) -> int:
+        return int(self._pattern_value(self.rank_pattern, module, self.r))
+
+    def alpha_for(self, module: str) -> float:
+        return float(self._pattern_value(self.alpha_pattern, module, self.lora_alpha))
+
+    def scaling_for(self, module: str) -> float:
+        """s = alpha/r, or alpha/sqrt(r) with rslora, honouring rank/alpha patterns."""
+        r = self.rank_for(module)
+        alpha = self.alpha_for(module)
+        return alpha / (r**0.5) if self.use_rslora else alpha / r
+
+
+def read_adapter_config(adapter_dir: Path) -> AdapterConfig:
+    """Read ``adapter_config.json`` of a PEFT adapter directory; raise AdapterError if unusable."""
+    path = Path(adapter_dir) / ADAPTER_CONFIG
+    if not path.is_file():
+        raise AdapterError(f"{adapter_dir}: no {ADAPTER_CONFIG} (is this a PEFT adapter directory?)")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AdapterError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise AdapterError(f"{path}: expected a JSON object")
+    if "peft_type" not in raw:
+        raise AdapterError(f"{path}: missing required key 'peft_type'")
+    if str(raw.get("peft_type", "")).upper() == "LORA" and "r" not in raw:
+        raise AdapterError(f"{path}: missing required key 'r' for a LoRA adapter")
+    unknown = sorted(set(raw) - _KNOWN_KEYS)
+    if unknown:
+        log.debug("%s: ignoring unknown keys %s", path, ", ".join(unknown))
+    try:
+        return AdapterConfig.model_validate({**raw, "raw": raw})
+    except ValidationError as exc:
+        raise AdapterError(format_validation_error(exc, str(path))) from None

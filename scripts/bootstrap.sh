@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create (or reuse) a virtual environment and install patchctl with the given extras.
+# torch goes in first from a CPU-only build where one is at hand, so that resolving the
+# project's "torch" requirement never pulls a multi-GB CUDA build by accident.
+set -euo pipefail
+venv=${1:-.venv}
+extras=${2:-dev}
+python=${PYTHON:-python3}
+if [ ! -x "$venv/bin/python" ]; then
+  "$python" -m venv "$venv"
+fi
+py="$venv/bin/python"
+"$py" -m pip install -q --upgrade pip
+if ! "$py" -c 'import torch' 2>/dev/null; then
+  # 1. a CPU wheel on this machine's disk / find-links (pip picks 2.13.0+cpu over 2.13.0)
+  # 2. the PyTorch CPU index, where reachable
+  # 3. plain PyPI as the last resort
+  "$py" -m pip install -q "torch==2.13.0" --no-index 2>/dev/null \
+    || "$py" -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu 2>/dev/null \
+    || "$py" -m pip install -q torch
+fi
+"$py" -m pip install -q -e ".[$extras]"
