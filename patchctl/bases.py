@@ -182,9 +182,7 @@ def base_facts_from_parts(
         source=source,
         revision=revision,
         weights_sha256=weights_fingerprint((f.path, f.sha256) for f in wfiles),
-        structure_sha256=structure_fingerprint(
-            family.model_type, ((n, t.shape, t.dtype) for n, t in tensors.items())
-        ),
+        structure_sha256=structure_fingerprint(family.model_type, ((n, t.shape, t.dtype) for n, t in tensors.items())),
         family=family,
         config=dict(config),
         weight_files=wfiles,

@@ -7,9 +7,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 import picomodels
+import pytest
 
 POSTGRES_ENV = "PATCHCTL_TEST_POSTGRES_URL"
 
@@ -95,6 +94,4 @@ def llama_adapter(models_dir: Path, pico_llama: Path) -> Path:
 @pytest.fixture(scope="session")
 def gpt2_adapter(models_dir: Path, pico_gpt2: Path) -> Path:
     """A LoRA adapter on GPT-2's c_attn (fan_in_fan_out=True)."""
-    return picomodels.make_adapter(
-        pico_gpt2, models_dir / "gpt2-lora", target_modules=["c_attn"], fan_in_fan_out=True
-    )
+    return picomodels.make_adapter(pico_gpt2, models_dir / "gpt2-lora", target_modules=["c_attn"], fan_in_fan_out=True)

@@ -7,7 +7,6 @@ known errors too. Every message goes through :func:`patchctl._secrets.redact`.
 from __future__ import annotations
 
 import os
-import sys
 import traceback
 from typing import Any
 

@@ -10,8 +10,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 from patchctl.errors import InvalidInputError
 
 __all__ = [
-    "Sha256",
     "SafeRelPath",
+    "Sha256",
     "StrictModel",
     "check_safe_relpath",
     "format_validation_error",

@@ -108,7 +108,7 @@ class EvalResult(StrictModel):
 
 
 class Manifest(StrictModel):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     name: str
     version: str
     task: str = Field(min_length=1)

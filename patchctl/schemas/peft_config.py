@@ -32,8 +32,10 @@ _KNOWN_KEYS = {
     "lora_dropout", "init_lora_weights", "inference_mode", "auto_mapping", "layer_replication",
     "megatron_config", "megatron_core", "loftq_config", "eva_config", "corda_config", "use_qalora",
     "qalora_group_size", "target_parameters", "trainable_token_indices", "alora_invocation_tokens",
-    "peft_version", "runtime_config", "arrow_config", "ensure_weight_tying", "use_bdlora",
+    "peft_version", "runtime_config", "ensure_weight_tying", "lora_ga_config",
 }  # fmt: skip
+# known keys that select a LoRA variant whose merge differs from W + s·B·A
+_VARIANT_KEYS = ("arrow_config", "use_bdlora", "kasa_config", "monteclora_config", "velora_config")
 
 
 class AdapterConfig(BaseModel):
@@ -100,8 +102,16 @@ class AdapterConfig(BaseModel):
             reasons.append("trainable_token_indices (trainable tokens) is not supported")
         if self.alora_invocation_tokens:
             reasons.append("aLoRA (alora_invocation_tokens) is not supported")
-        if self.raw.get("use_bdlora"):
-            reasons.append("BD-LoRA (use_bdlora) is not supported")
+        for key in sorted(set(self.raw) - _KNOWN_KEYS):
+            value = self.raw[key]
+            if value not in (None, False, 0, "", [], {}):
+                reasons.append(
+                    f"unknown adapter_config key {key}={value!r}: a LoRA variant patchctl does not know "
+                    "(refusing rather than merging it wrongly)"
+                )
+        for key in _VARIANT_KEYS:
+            if self.raw.get(key) not in (None, False, 0, "", [], {}):
+                reasons.append(f"{key} is set: this LoRA variant is not supported")
         return reasons
 
     def require_lora(self) -> None:
