@@ -97,6 +97,8 @@ class SourceBase(StrictModel):
     weights_sha256: Sha256
     structure_sha256: Sha256
     family: Family
+    #: sha256 over the base's tokenizer files (``patchctl.bases.TOKENIZER_FILES``), None if it had none
+    tokenizer_sha256: Sha256 | None = None
 
 
 class EvalResult(StrictModel):
