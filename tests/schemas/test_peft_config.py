@@ -54,7 +54,7 @@ def test_bad_configs(tmp_path: Path, cfg: object, needle: str) -> None:
 
 
 def test_missing_config(tmp_path: Path) -> None:
-    with pytest.raises(AdapterError, match="no adapter_config.json"):
+    with pytest.raises(AdapterError, match=r"no adapter_config\.json"):
         read_adapter_config(tmp_path)
 
 
