@@ -145,7 +145,9 @@ def dora_adapter(models_dir: Path, pico_llama: Path) -> Path:
 @pytest.fixture(scope="session")
 def embed_adapter(models_dir: Path, pico_llama: Path) -> Path:
     """LoRA on the input embeddings (lora_embedding_A/B) and q_proj."""
-    return picomodels.make_adapter(pico_llama, models_dir / "llama-embed-lora", target_modules=["q_proj", "embed_tokens"])
+    return picomodels.make_adapter(
+        pico_llama, models_dir / "llama-embed-lora", target_modules=["q_proj", "embed_tokens"]
+    )
 
 
 @pytest.fixture(scope="session")
@@ -165,7 +167,9 @@ def gpt2_bias_adapter(models_dir: Path, pico_gpt2: Path) -> Path:
 @pytest.fixture(scope="session")
 def llama_bias_adapter(models_dir: Path, pico_llama: Path) -> Path:
     """lora_bias=True on Llama's q_proj, which has no bias in the base."""
-    return picomodels.make_adapter(pico_llama, models_dir / "llama-bias-lora", target_modules=["q_proj"], lora_bias=True)
+    return picomodels.make_adapter(
+        pico_llama, models_dir / "llama-bias-lora", target_modules=["q_proj"], lora_bias=True
+    )
 
 
 @pytest.fixture

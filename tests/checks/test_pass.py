@@ -10,7 +10,7 @@ import pytest
 
 from patchctl.adapter import read_adapter
 from patchctl.bases import read_local_base
-from patchctl.checks import CHECKS, read_adapter_for_checks, run_checks
+from patchctl.checks import CHECKS, run_checks
 from patchctl.errors import InvalidInputError
 from patchctl.schemas import CompatReport
 
@@ -90,7 +90,9 @@ def test_bf16_and_f16_adapter_values_are_read(check, edit_dir, tmp_path: Path, p
     import torch
 
     for dtype, name in ((torch.bfloat16, "BF16"), (torch.float16, "F16")):
-        adapter = edit_dir(llama_adapter, tmp_path / name, tensors=lambda t, d=dtype: {k: v.to(d) for k, v in t.items()})
+        adapter = edit_dir(
+            llama_adapter, tmp_path / name, tensors=lambda t, d=dtype: {k: v.to(d) for k, v in t.items()}
+        )
         report = check(adapter, pico_llama, source=pico_llama)
         assert report.status == "pass", report.summary()
         assert report.result("format").data["dtypes"] == [name]
@@ -140,6 +142,12 @@ def test_checks_import_no_torch(pico_llama: Path, llama_adapter: Path) -> None:
         "print('HEAVY', heavy)\n"
     )
     root = Path(__file__).resolve().parents[2]
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root,
-                         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+    )
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
