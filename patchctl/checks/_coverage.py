@@ -38,6 +38,12 @@ def check_coverage(ctx: CheckContext) -> CheckResult:
     problems = []
     if m.unmatched:
         problems.append(f"{len(m.unmatched)} of {wanted} targets have no base tensor: {preview(list(m.unmatched))}")
+        tied = [t for t in m.unmatched if t.split(".")[-2:] == ["lm_head", "weight"]]
+        if tied and ctx.base.family.tie_word_embeddings is not False:
+            problems.append(
+                "lm_head is tied to the input embeddings in this base (no lm_head tensor): "
+                "replacing a tied lm_head is not supported"
+            )
     if m.ambiguous:
         amb = [f"{k} ({len(v)} candidates)" for k, v in m.ambiguous.items()]
         problems.append(f"{len(m.ambiguous)} targets match several base tensors: {preview(amb)}")

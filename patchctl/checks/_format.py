@@ -34,6 +34,21 @@ def _pair_problems(ctx: CheckContext) -> list[str]:
     return problems
 
 
+#: LoraSpec fields a merge depends on: patch.json must describe the adapter it ships with
+_SPEC_FIELDS = ("r", "lora_alpha", "use_rslora", "rank_pattern", "alpha_pattern", "fan_in_fan_out", "lora_pairs")
+
+
+def _manifest_problems(ctx: CheckContext) -> list[str]:
+    if ctx.manifest is None:
+        return []
+    recorded, actual = ctx.manifest.lora, ctx.adapter.lora_spec()
+    return [
+        f"patch.json lora.{f}={getattr(recorded, f)!r} but the adapter has {getattr(actual, f)!r}"
+        for f in _SPEC_FIELDS
+        if getattr(recorded, f) != getattr(actual, f)
+    ]
+
+
 @register(NAME)
 def check_format(ctx: CheckContext) -> CheckResult:
     layout = ctx.adapter
@@ -41,6 +56,7 @@ def check_format(ctx: CheckContext) -> CheckResult:
     if not layout.weights_path.is_file():
         problems.append(f"no {layout.weights_path.name}: patchctl accepts safetensors adapters only")
     problems += _pair_problems(ctx)
+    problems += _manifest_problems(ctx)
     tensors = {k: v for k, v in layout.header.items() if k != "__metadata__"}
     bad_dtype = sorted(f"{k} ({v.get('dtype')})" for k, v in tensors.items() if v.get("dtype") not in FLOAT_DTYPES)
     if bad_dtype:

@@ -292,3 +292,18 @@ def test_lineage_relations(
     for want, report in rel.items():
         assert report.result("lineage").data["relation"] == want
     assert rel["same_structure"].result("lineage").status == "warn"
+
+
+def test_lm_head_replacement_on_tied_base_fails(check, models_dir: Path, pico_gpt2: Path) -> None:
+    import picomodels
+
+    adapter = picomodels.make_adapter(
+        pico_gpt2,
+        models_dir / "gpt2-lmhead",
+        target_modules=["c_attn"],
+        fan_in_fan_out=True,
+        modules_to_save=["lm_head"],
+    )
+    cov = check(adapter, pico_gpt2, source=pico_gpt2).result("coverage")
+    assert cov.status == "fail"
+    assert "tied to the input embeddings" in cov.detail

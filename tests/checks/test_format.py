@@ -164,3 +164,17 @@ def test_empty_adapter_fails(check, edit_dir, tmp_path: Path, pico_llama: Path, 
     assert "holds no tensors" in report.result("format").detail
     assert report.result("coverage").status == "fail"
     assert "changes no base tensor" in report.result("coverage").detail
+
+
+def test_manifest_describing_another_adapter_fails(
+    check, make_manifest, pico_llama: Path, llama_adapter: Path, gpt2_adapter: Path, pico_gpt2: Path
+) -> None:
+    from patchctl.bases import read_local_base
+    from patchctl.checks import run_checks
+
+    manifest = make_manifest(gpt2_adapter, read_local_base(pico_gpt2))  # fan_in_fan_out, 2 pairs
+    report = run_checks(read_adapter_for_checks(llama_adapter), read_local_base(pico_llama), manifest=manifest)
+    problems = report.result("format").data["problems"]
+    assert report.result("format").status == "fail"
+    assert "patch.json lora.fan_in_fan_out=True but the adapter has False" in problems
+    assert "patch.json lora.lora_pairs=2 but the adapter has 4" in problems
