@@ -12,6 +12,7 @@ from patchctl.schemas.manifest import (
 )
 from patchctl.schemas.peft_config import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterConfig, read_adapter_config
 from patchctl.schemas.refs import HubRef, PatchRef, PathRef, RemoteRef, parse_base_ref, parse_patch_ref
+from patchctl.schemas.report import CheckResult, CheckStatus, CompatReport
 
 __all__ = [
     "ADAPTER_CONFIG",
@@ -19,6 +20,9 @@ __all__ = [
     "MANIFEST_FILE",
     "AdapterConfig",
     "BaseFacts",
+    "CheckResult",
+    "CheckStatus",
+    "CompatReport",
     "EvalResult",
     "Family",
     "FileEntry",
