@@ -64,6 +64,8 @@ class DirectoryRemote:
         if name is None:
             if self._is_patch_folder(self.root):
                 return self.root
+            if not self._patch_dirs():
+                raise NotFoundError(f"{self.url}: no patch published here")
             raise InvalidInputError(
                 f"{self.url}: name a patch (namespace/name), or use the URL of a patch folder "
                 f"(file://{self.root}/<namespace>/<name>)"

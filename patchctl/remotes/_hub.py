@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["HfHubRemote"]
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_PUBLISH_ATTEMPTS = 5
 
 
 class HfHubRemote:
@@ -138,41 +139,48 @@ class HfHubRemote:
         verify_files(manifest, files_dir, what=f"{manifest.name}@{manifest.version} (local files)")
         with self._errors(f"hf://{repo}: create repo"):
             self.api.create_repo(repo, exist_ok=True, private=self.private)
-        tags, branches = self._refs(repo)
-        if tag in tags:
-            return self._existing(repo, tag, tags[tag], manifest)
         readme = card if card is not None else model_card(manifest)
-        ops = [CommitOperationAdd(path_in_repo=f.path, path_or_fileobj=str(files_dir / f.path)) for f in manifest.files]
-        ops.append(CommitOperationAdd(path_in_repo=MANIFEST_FILE, path_or_fileobj=manifest.to_json().encode()))
-        ops.append(CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=readme.encode()))
-        try:
-            with self._errors(f"{what}: commit"):
-                info = self.api.create_commit(
-                    repo,
-                    ops,
-                    commit_message=f"{manifest.name} {manifest.version}",
-                    commit_description=f"Published with patchctl (content digest {manifest.content_digest}).",
-                    parent_commit=branches.get("main"),
-                )
-        except ValueError as exc:  # the client validates README.md metadata with the Hub first
-            if str(exc).startswith("Invalid metadata in README.md"):
-                detail = "; ".join(ln.lstrip("- ").strip() for ln in str(exc).splitlines()[1:] if ln.strip())
-                raise InvalidInputError(f"{what}: the Hub rejected the model card metadata ({detail})") from None
-            raise
-        commit = str(info.oid)
         from huggingface_hub.errors import HfHubHTTPError
 
-        with self._errors(f"{what}: tag"):
+        for _attempt in range(_PUBLISH_ATTEMPTS):
+            tags, branches = self._refs(repo)
+            if tag in tags:
+                return self._existing(repo, tag, tags[tag], manifest)
+            ops = [
+                CommitOperationAdd(path_in_repo=f.path, path_or_fileobj=str(files_dir / f.path)) for f in manifest.files
+            ]
+            ops.append(CommitOperationAdd(path_in_repo=MANIFEST_FILE, path_or_fileobj=manifest.to_json().encode()))
+            ops.append(CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=readme.encode()))
             try:
-                self.api.create_tag(repo, tag=tag, revision=commit)
-            except HfHubHTTPError as exc:
-                if exc.response is not None and exc.response.status_code == 409:  # a concurrent publisher
-                    tags, _ = self._refs(repo)
-                    if tag in tags:
-                        return self._existing(repo, tag, tags[tag], manifest)
+                with self._errors(f"{what}: commit"):
+                    info = self.api.create_commit(
+                        repo,
+                        ops,
+                        commit_message=f"{manifest.name} {manifest.version}",
+                        commit_description=f"Published with patchctl (content digest {manifest.content_digest}).",
+                        parent_commit=branches.get("main"),
+                    )
+            except ConflictError:  # main moved under us (a concurrent publisher): look again
+                continue
+            except ValueError as exc:  # the client validates README.md metadata with the Hub first
+                if str(exc).startswith("Invalid metadata in README.md"):
+                    detail = "; ".join(ln.lstrip("- ").strip() for ln in str(exc).splitlines()[1:] if ln.strip())
+                    raise InvalidInputError(f"{what}: the Hub rejected the model card metadata ({detail})") from None
                 raise
-        return Published(
-            url=what, name=manifest.name, version=manifest.version, revision=tag, commit=commit, created=True
+            commit = str(info.oid)
+            with self._errors(f"{what}: tag"):
+                try:
+                    self.api.create_tag(repo, tag=tag, revision=commit)
+                except HfHubHTTPError as exc:
+                    if exc.response is not None and exc.response.status_code == 409:  # a concurrent publisher
+                        continue
+                    raise
+            return Published(
+                url=what, name=manifest.name, version=manifest.version, revision=tag, commit=commit, created=True
+            )
+        raise ConflictError(
+            f"{what}: the repository kept changing while publishing ({_PUBLISH_ATTEMPTS} attempts)",
+            hint="retry; published versions are immutable, so a retry cannot overwrite one",
         )
 
     def _existing(self, repo: str, tag: str, commit: str, manifest: Manifest) -> Published:

@@ -123,24 +123,29 @@ def _parse(v: str) -> Version | None:
 
 
 def select_version(available: Iterable[str], wanted: VersionWanted, *, what: str) -> str:
-    """Pick one of ``available`` (PEP 440 strings): newest for None (final releases first), the exact
+    """Pick one of ``available`` (PEP 440 strings; the chosen one is returned as given): newest for None (final releases first), the exact
     version for a string, the newest match for a specifier. NotFoundError lists what exists."""
-    versions = sorted({v for a in available if (v := _parse(a)) is not None})
+    by_version: dict[Version, str] = {}
+    for a in available:
+        v = _parse(a)
+        if v is not None:
+            by_version.setdefault(v, a)
+    versions = sorted(by_version)
     shown = ", ".join(str(v) for v in versions) or "none"
     if wanted is None:
         if not versions:
             raise NotFoundError(f"{what}: no versions published")
         finals = [v for v in versions if not v.is_prerelease]
-        return str((finals or versions)[-1])
+        return by_version[(finals or versions)[-1]]
     if isinstance(wanted, SpecifierSet):
         matching = list(wanted.filter(versions))
         if not matching:
             raise NotFoundError(f"{what}: no version matches {wanted} (available: {shown})")
-        return str(max(matching))
+        return by_version[max(matching)]
     exact = _parse(wanted[1:] if wanted.startswith("v") else wanted)
-    if exact is None or exact not in versions:
+    if exact is None or exact not in by_version:
         raise NotFoundError(f"{what}: version {wanted} not found (available: {shown})")
-    return str(exact)
+    return by_version[exact]
 
 
 def verify_files(manifest: Manifest, directory: Path, *, what: str, paths: Sequence[str] | None = None) -> None:
