@@ -104,6 +104,10 @@ def translate(exc: BaseException, what: str, endpoint: str, token: str | None) -
         RevisionNotFoundError,
     )
 
+    if isinstance(exc, ValueError) and str(exc).startswith("Invalid metadata in README.md"):
+        # the client validates README.md metadata with the Hub before uploading anything
+        detail = "; ".join(ln.lstrip("- ").strip() for ln in str(exc).splitlines()[1:] if ln.strip())
+        return InvalidInputError(scrub(f"{what}: the Hub rejected the model card metadata ({detail})", token))
     chain: list[BaseException] = []
     cur: BaseException | None = exc
     while cur is not None and cur not in chain:

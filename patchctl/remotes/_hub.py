@@ -162,11 +162,6 @@ class HfHubRemote:
                     )
             except ConflictError:  # main moved under us (a concurrent publisher): look again
                 continue
-            except ValueError as exc:  # the client validates README.md metadata with the Hub first
-                if str(exc).startswith("Invalid metadata in README.md"):
-                    detail = "; ".join(ln.lstrip("- ").strip() for ln in str(exc).splitlines()[1:] if ln.strip())
-                    raise InvalidInputError(f"{what}: the Hub rejected the model card metadata ({detail})") from None
-                raise
             commit = str(info.oid)
             with self._errors(f"{what}: tag"):
                 try:

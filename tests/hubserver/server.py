@@ -9,6 +9,7 @@ branch, tag, full commit id or a unique commit-id prefix (>= 7 characters).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -195,6 +196,7 @@ class HubServer:
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._upload_secret = secrets.token_hex(8)
+        self.connections: set[socket.socket] = set()
 
     # ---- lifecycle ------------------------------------------------------------------------
     @property
@@ -221,6 +223,11 @@ class HubServer:
             self._httpd.shutdown()
             self._httpd.server_close()
             self._httpd = None
+        with self.lock:  # kept-alive client connections go down with the server
+            for conn in list(self.connections):
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+            self.connections.clear()
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
@@ -399,6 +406,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.hub.lock:
+            self.hub.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.hub.lock:
+            self.hub.connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
 
     # ---- plumbing -------------------------------------------------------------------------
     @property
