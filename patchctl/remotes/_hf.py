@@ -116,8 +116,8 @@ def translate(exc: BaseException, what: str, endpoint: str, token: str | None) -
     for e in chain:
         if isinstance(e, HfHubHTTPError) and _status(e) is not None:
             status = _status(e)
-            detail = _server_message(e)
-            suffix = f": {detail}" if detail else ""
+            server_detail = _server_message(e)
+            suffix = f": {server_detail}" if server_detail else ""
             if status in (401, 403):
                 return AuthError(
                     scrub(f"{what}: {endpoint} refused the credentials (HTTP {status}){suffix}", token),
