@@ -101,3 +101,16 @@ def test_scrub_removes_tokens_and_newlines() -> None:
     text = scrub("401 for weird-token-value\nAuthorization: Bearer abc.def hf_AbCdEfGh12345", "weird-token-value")
     assert "weird-token-value" not in text and "hf_AbCdEfGh12345" not in text and "abc.def" not in text
     assert "\n" not in text
+
+
+def test_import_is_light() -> None:
+    """``patchctl.remotes`` imports neither torch nor huggingface_hub until a Hub remote is used."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, patchctl.remotes as r; r.DirectoryRemote; "
+        "print(sorted(m for m in ('torch', 'transformers', 'huggingface_hub') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
