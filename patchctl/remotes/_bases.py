@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +52,7 @@ class _HubBase:
         self.token = resolve_token(token)
         self.what = f"hf://{self.repo_id}@{self.revision}"
 
-    def errors(self, what: str) -> Any:
+    def errors(self, what: str) -> AbstractContextManager[None]:
         return hub_errors(f"{self.what}: {what}", self.endpoint, self.token)
 
     def headers(self) -> dict[str, str]:

@@ -91,9 +91,17 @@ def _eval_rows(evals: Iterable[Any]) -> list[str]:
     return rows
 
 
-def model_card(manifest: Manifest, compat_reports: Iterable[Any] = (), evals: Iterable[Any] = ()) -> str:
+def model_card(
+    manifest: Manifest,
+    compat_reports: Iterable[Any] = (),
+    evals: Iterable[Any] = (),
+    *,
+    remote_url: str | None = None,
+) -> str:
     """The README.md of a published patch version: Hub YAML metadata, then task, lineage, ranks,
-    compatibility reports and eval results."""
+    compatibility reports (mappings or objects with ``base``/``verdict``/``checks``) and eval
+    results (:class:`EvalResult` or mappings; the manifest's own evals come first).
+    ``remote_url`` (``hf://org/name``) goes into the usage example."""
     src = manifest.source_base
     fam = src.family
     base_model = hub_base_model(src.repo)
@@ -174,7 +182,7 @@ def model_card(manifest: Manifest, compat_reports: Iterable[Any] = (), evals: It
         "## Usage",
         "",
         "```sh",
-        f"patchctl pull {manifest.name}=={manifest.version}",
+        f"patchctl pull {remote_url or manifest.name}=={manifest.version}",
         f"patchctl install {manifest.name}=={manifest.version} --onto <base>",
         "```",
         "",

@@ -124,7 +124,9 @@ class DirectoryRemote:
             # re-hash the copies: what lands in the remote is what the manifest says
             verify_files(manifest, tmp, what=f"{what} (copy in {self.url})")
             (tmp / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
-            (tmp / CARD_FILE).write_text(card if card is not None else model_card(manifest), encoding="utf-8")
+            (tmp / CARD_FILE).write_text(
+                card if card is not None else model_card(manifest, remote_url=f"file://{pdir}"), encoding="utf-8"
+            )
             for p in tmp.rglob("*"):
                 if p.is_file():
                     with open(p, "rb") as f:

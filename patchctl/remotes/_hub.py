@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,7 +82,7 @@ class HfHubRemote:
             self._api = HfApi(endpoint=self.endpoint, token=self._token or False, library_name="patchctl")
         return self._api
 
-    def _errors(self, what: str) -> Any:
+    def _errors(self, what: str) -> AbstractContextManager[None]:
         return hub_errors(what, self.endpoint, self._token)
 
     def repo_for(self, name: str | None) -> str:
@@ -139,7 +140,7 @@ class HfHubRemote:
         verify_files(manifest, files_dir, what=f"{manifest.name}@{manifest.version} (local files)")
         with self._errors(f"hf://{repo}: create repo"):
             self.api.create_repo(repo, exist_ok=True, private=self.private)
-        readme = card if card is not None else model_card(manifest)
+        readme = card if card is not None else model_card(manifest, remote_url=f"hf://{repo}")
         from huggingface_hub.errors import HfHubHTTPError
 
         for _attempt in range(_PUBLISH_ATTEMPTS):

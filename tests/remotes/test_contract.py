@@ -38,6 +38,7 @@ def test_publish_fetch_round_trip(harness: Harness, llama_adapter: Path, pico_ll
     assert Manifest.read(got.dir / MANIFEST_FILE) == manifest
     card = (got.dir / "README.md").read_text()
     assert card.startswith("---\n") and "base_model_relation: adapter" in card
+    assert f"patchctl pull {harness.remote.url}==1.0.0" in card
 
     versions = harness.remote.list_versions()
     assert [(v.version, v.commit) for v in versions] == [("1.0.0", pub.commit)]
