@@ -173,3 +173,26 @@ def test_commit_has_exactly_the_four_files(hub: HubServer, llama_adapter: Path, 
     assert commit.files["adapter_model.safetensors"].lfs
     parent = repo.commits[commit.parent] if commit.parent else None
     assert parent is not None and sorted(parent.files) == [".gitattributes"]  # one commit per version
+
+
+def test_failed_commit_creates_no_version_and_a_retry_publishes(
+    hub: HubServer, llama_adapter: Path, pico_llama: Path
+) -> None:
+    remote = HfHubRemote(PATCH_NAME, endpoint=hub.url)
+    manifest = make_manifest(llama_adapter, pico_llama)
+    hub.fail_next(status=500, route="commit")
+    with pytest.raises(RemoteError, match="HTTP 500"):
+        remote.publish(manifest, llama_adapter)
+    assert hub.refs(PATCH_NAME)["tags"] == {}
+    assert remote.list_versions() == []
+    pub = remote.publish(manifest, llama_adapter)
+    assert pub.created and hub.refs(PATCH_NAME)["tags"] == {"v1.0.0": pub.commit}
+
+
+def test_published_url_round_trips_through_open_remote(hub: HubServer, llama_adapter: Path, pico_llama: Path) -> None:
+    from patchctl.schemas import HubRef, parse_patch_ref
+
+    remote = _published(hub, llama_adapter, pico_llama)
+    ref = parse_patch_ref(remote.list_versions()[0].url)
+    assert isinstance(ref, HubRef) and ref.revision == "v1.0.0"
+    assert open_remote(str(ref)).fetch(ref.revision).manifest.version == "1.0.0"
