@@ -1,0 +1,211 @@
+"""Bases on the Hub, known without downloading their weights.
+
+:func:`remote_base_facts` builds the same :class:`BaseFacts` as ``patchctl.bases.read_local_base``
+would for the same files, from:
+
+- per-file sha256: the LFS oid in the repo metadata (``model_info(files_metadata=True)``); small
+  non-LFS files are downloaded and hashed;
+- ``config.json`` (and ``model.safetensors.index.json`` for sharded bases): downloaded, small;
+- safetensors headers: HTTP range reads of the first ``8 + N`` bytes of each weight file;
+- the tokenizer fingerprint: LFS oid of each tokenizer file, else its downloaded bytes.
+
+:func:`download_base` downloads a base (config, weights, tokenizer) at a resolved commit into
+the HF cache, after the checks passed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from patchctl.bases import (
+    INDEX_FILE,
+    MAX_HEADER_BYTES,
+    TOKENIZER_FILES,
+    base_facts_from_parts,
+    header_length,
+    parse_safetensors_header,
+)
+from patchctl.errors import InvalidInputError, UnsupportedError
+from patchctl.remotes._hf import hf_cache_dir, hf_endpoint, hub_errors, resolve_token
+from patchctl.schemas.base import BaseFacts
+from patchctl.schemas.refs import HubRef
+
+if TYPE_CHECKING:
+    from huggingface_hub.hf_api import RepoSibling
+
+__all__ = ["BASE_FILE_PATTERNS", "download_base", "remote_base_facts"]
+
+#: the files a merge needs from a base: config, weights (+ index), tokenizer, generation config
+BASE_FILE_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken")
+_FIRST_READ = 64 * 1024
+
+
+class _HubBase:
+    def __init__(self, ref: HubRef, token: str | None, endpoint: str | None) -> None:
+        self.repo_id = ref.repo_id
+        self.revision = ref.revision or "main"
+        self.endpoint = hf_endpoint(endpoint)
+        self.token = resolve_token(token)
+        self.what = f"hf://{self.repo_id}@{self.revision}"
+
+    def errors(self, what: str) -> AbstractContextManager[None]:
+        return hub_errors(f"{self.what}: {what}", self.endpoint, self.token)
+
+    def headers(self) -> dict[str, str]:
+        from huggingface_hub.utils._headers import build_hf_headers
+
+        return dict(build_hf_headers(token=self.token or False, library_name="patchctl"))
+
+    def url(self, commit: str, filename: str) -> str:
+        from huggingface_hub import hf_hub_url
+
+        return str(hf_hub_url(self.repo_id, filename, revision=commit, endpoint=self.endpoint))
+
+    def read(self, commit: str, filename: str, *, start: int = 0, length: int | None = None) -> bytes:
+        """Bytes ``[start, start+length)`` of a file (the whole file when length is None), streamed:
+        if the server ignores the Range header, reading stops after ``length`` bytes anyway."""
+        from huggingface_hub.utils._http import get_session, hf_raise_for_status
+
+        headers = self.headers()
+        if length is not None:
+            headers["Range"] = f"bytes={start}-{start + length - 1}"
+        out = bytearray()
+        with (
+            self.errors(f"read {filename}"),
+            get_session().stream("GET", self.url(commit, filename), headers=headers) as response,
+        ):
+            if response.status_code >= 400:
+                response.read()
+            hf_raise_for_status(response)
+            skip = start if (length is not None and response.status_code == 200) else 0
+            for chunk in response.iter_bytes():
+                if skip:
+                    dropped = min(skip, len(chunk))
+                    chunk, skip = chunk[dropped:], skip - dropped
+                out += chunk
+                if length is not None and len(out) >= length:
+                    break
+        return bytes(out[:length] if length is not None else out)
+
+    def header(self, commit: str, filename: str) -> dict[str, Any]:
+        source = f"{self.what}/{filename}"
+        head = self.read(commit, filename, length=_FIRST_READ)
+        if len(head) < 8:
+            raise InvalidInputError(f"{source}: not a safetensors file (shorter than 8 bytes)")
+        n = header_length(head[:8])
+        if n > MAX_HEADER_BYTES:
+            raise InvalidInputError(f"{source}: not a safetensors file (header length {n} is implausible)")
+        if len(head) < 8 + n:
+            head += self.read(commit, filename, start=len(head), length=8 + n - len(head))
+        return parse_safetensors_header(head[: 8 + n], source=source)
+
+    def json_file(self, commit: str, filename: str) -> dict[str, Any]:
+        raw = self.read(commit, filename)
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidInputError(f"{self.what}/{filename}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise InvalidInputError(f"{self.what}/{filename}: expected a JSON object")
+        return data
+
+    def sha256(self, commit: str, sibling: RepoSibling) -> str:
+        if sibling.lfs is not None:
+            return str(sibling.lfs.sha256)
+        return hashlib.sha256(self.read(commit, sibling.rfilename)).hexdigest()
+
+
+def remote_base_facts(ref: HubRef, *, token: str | None = None, endpoint: str | None = None) -> BaseFacts:
+    """Facts of a Hub base at ``ref.revision`` (default ``main``, resolved to a commit) without
+    downloading its weights: equal to ``read_local_base`` of the same files except ``source``
+    (``hf://repo``) and ``revision`` (the commit id)."""
+    from huggingface_hub import HfApi
+
+    hub = _HubBase(ref, token, endpoint)
+    api = HfApi(endpoint=hub.endpoint, token=hub.token or False, library_name="patchctl")
+    with hub.errors("repo info"):
+        info = api.model_info(hub.repo_id, revision=hub.revision, files_metadata=True)
+    commit = str(info.sha)
+    siblings = {s.rfilename: s for s in info.siblings or ()}
+    if "config.json" not in siblings:
+        raise InvalidInputError(f"{hub.what}: no config.json (is this a transformers model repo?)")
+    config = hub.json_file(commit, "config.json")
+    if INDEX_FILE in siblings:
+        try:
+            weight_map = hub.json_file(commit, INDEX_FILE)["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise InvalidInputError(f"{hub.what}/{INDEX_FILE}: not a valid safetensors index ({exc})") from None
+        missing = [n for n in names if n not in siblings]
+        if missing:
+            raise InvalidInputError(f"{hub.what}/{INDEX_FILE}: names missing shard(s): {', '.join(missing)}")
+    else:
+        names = sorted(n for n in siblings if n.endswith(".safetensors") and "/" not in n)
+        if not names:
+            if any(n.endswith((".bin", ".pt")) and "/" not in n for n in siblings):
+                raise UnsupportedError(
+                    f"{hub.what}: only pickle weights (*.bin/*.pt) found; patchctl reads safetensors only"
+                )
+            raise InvalidInputError(f"{hub.what}: no *.safetensors weights found")
+    files = []
+    headers = {}
+    for name in names:
+        s = siblings[name]
+        headers[name] = hub.header(commit, name)
+        size = s.size if s.size is not None else (s.lfs.size if s.lfs is not None else 0)
+        files.append((name, hub.sha256(commit, s), int(size)))
+    tok = [(n, hub.sha256(commit, siblings[n])) for n in TOKENIZER_FILES if n in siblings]
+    return base_facts_from_parts(
+        source=f"hf://{hub.repo_id}",
+        revision=commit,
+        config=config,
+        files=files,
+        headers=headers,
+        tokenizer_files=tok,
+    )
+
+
+def download_base(
+    ref: HubRef,
+    *,
+    progress: bool = True,
+    token: str | None = None,
+    endpoint: str | None = None,
+    cache_dir: Path | None = None,
+    allow_patterns: tuple[str, ...] = BASE_FILE_PATTERNS,
+) -> Path:
+    """Download the files a merge needs (config, safetensors weights, tokenizer) at the commit
+    ``ref.revision`` resolves to, into the HF cache; returns the snapshot directory."""
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.utils.tqdm import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    hub = _HubBase(ref, token, endpoint)
+    api = HfApi(endpoint=hub.endpoint, token=hub.token or False, library_name="patchctl")
+    with hub.errors("repo info"):
+        info = api.model_info(hub.repo_id, revision=hub.revision)
+    commit = str(info.sha)
+    names = [s.rfilename for s in info.siblings or ()]
+    if not any(n.endswith(".safetensors") for n in names):
+        raise UnsupportedError(f"{hub.what}: no *.safetensors weights; patchctl reads safetensors only")
+    was_disabled = are_progress_bars_disabled()
+    if not progress:
+        disable_progress_bars()
+    try:
+        with hub.errors("download"):
+            path = snapshot_download(
+                hub.repo_id,
+                revision=commit,
+                cache_dir=cache_dir or hf_cache_dir(),
+                endpoint=hub.endpoint,
+                token=hub.token or False,
+                allow_patterns=list(allow_patterns),
+                library_name="patchctl",
+            )
+    finally:
+        if not progress and not was_disabled:
+            enable_progress_bars()
+    return Path(path)
