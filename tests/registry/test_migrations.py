@@ -85,7 +85,9 @@ def test_sqlite_pragmas(tmp_path: Path) -> None:
 
 def _with_password(url: str) -> str:
     u = make_url(url)
-    return u.set(password="s3cr3t-pw").render_as_string(hide_password=False) if u.get_backend_name() != "sqlite" else url
+    return (
+        u.set(password="s3cr3t-pw").render_as_string(hide_password=False) if u.get_backend_name() != "sqlite" else url
+    )
 
 
 def test_unmigrated_postgres_or_unknown_revision_is_refused_with_the_command(db_url: str) -> None:
