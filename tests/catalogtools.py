@@ -6,6 +6,7 @@ Importable from any test (``pythonpath = ["tests"]``).
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -87,7 +88,11 @@ def run_cli(args: list[str], env: dict[str, str] | None = None) -> CliResult:
 
     runner = CliRunner()
     with runner.isolation(env=env) as (out, err, _):
-        code = run_with_error_handling(cli, [str(a) for a in args], prog_name="patchctl")
+        try:
+            code = run_with_error_handling(cli, [str(a) for a in args], prog_name="patchctl")
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
     return CliResult(code, out.getvalue().decode(), err.getvalue().decode())
 
 
