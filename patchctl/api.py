@@ -139,22 +139,25 @@ def _hash_progress(base_dir: Path, enabled: bool) -> Iterator[Callable[[int], No
     if not enabled:
         yield None
         return
+    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     from patchctl.bases import weight_file_names
 
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield None
+        return
     try:
         total = sum((base_dir / n).stat().st_size for n in weight_file_names(base_dir))
     except (InvalidInputError, OSError):
         total = None
-    from rich.console import Console
-
     with Progress(
         TextColumn("hashing base"),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
-        console=Console(stderr=True),
+        console=console,
         transient=True,
     ) as bar:
         task = bar.add_task("hash", total=total)
