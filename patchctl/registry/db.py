@@ -164,10 +164,18 @@ def upgrade(engine: Engine, revision: str = "head") -> SchemaState:
             f"(head {state.head})",
             hint="upgrade patchctl",
         )
+    sqlite = engine.url.get_backend_name() == "sqlite"
     try:
         with engine.connect().execution_options(**{WRITE_OPTION: True}) as conn:
-            command.upgrade(_alembic_config(conn), revision)
-            conn.commit()
+            raw: Any = conn.connection.driver_connection
+            if sqlite:  # batch migrations recreate tables: a DROP must not cascade (outside a transaction)
+                raw.execute("PRAGMA foreign_keys = OFF")
+            try:
+                command.upgrade(_alembic_config(conn), revision)
+                conn.commit()
+            finally:
+                if sqlite:
+                    raw.execute("PRAGMA foreign_keys = ON")
     except OperationalError as exc:
         raise _connect_error(engine, exc) from None
     return schema_state(engine)

@@ -75,6 +75,7 @@ def test_empty_sqlite_is_created_on_first_use(tmp_path: Path) -> None:
 def test_sqlite_pragmas(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'sub' / 'c.db'}")
     try:
+        upgrade(engine)  # turns foreign keys off while migrating, and back on
         with engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
