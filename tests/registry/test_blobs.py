@@ -85,3 +85,17 @@ def test_file_names_with_dotdot_never_reach_the_store() -> None:
     for bad in ("../evil", "a/../../b", "/etc/passwd", "a\\b"):
         with pytest.raises(ValidationError):
             FileEntry(path=bad, sha256="1" * 64, size=1)
+
+
+def test_manifest_with_dotdot_file_is_a_manifest_error() -> None:
+    import json
+
+    from catalogtools import make_manifest
+
+    from patchctl.errors import ManifestError
+    from patchctl.schemas.manifest import Manifest
+
+    data = json.loads(make_manifest().to_json())
+    data["files"][0]["path"] = "../../etc/cron.d/evil"
+    with pytest.raises(ManifestError, match=r"files\.0\.path"):
+        Manifest.from_json(json.dumps(data))
