@@ -56,7 +56,9 @@ def err_console() -> Any:
 def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None) -> None:
     from rich.table import Table
 
-    table = Table(*columns, title=title, show_edge=False, header_style="bold")
+    table = Table(title=title, show_edge=False, header_style="bold")
+    for column in columns:
+        table.add_column(column, overflow="fold")  # never cut a digest or a path short
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row))
     out_console().print(table)

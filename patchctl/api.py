@@ -1,0 +1,516 @@
+"""The Python API of patchctl. The CLI calls only this module; so can scripts and CI jobs.
+
+Every function takes the resolved :class:`~patchctl.settings.Settings` first and returns
+plain records (:mod:`patchctl.registry.records` or the dataclasses below).
+
+``push`` runs in stages, each of which can fail without leaving a trace in the catalog:
+
+1. **prepare**: read the adapter (LoRA only, safetensors only) and the source base
+   (fingerprints), build the :class:`~patchctl.schemas.manifest.Manifest`;
+2. **stage**: copy the files and ``patch.json`` into the content store (verified by sha256;
+   blobs nothing refers to are harmless);
+3. **publish** (optional callback): copy the staged files to a remote; only a copy that
+   succeeded is recorded;
+4. **record**: one catalog transaction (patch, version, files, source base, remote copy).
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from patchctl import __version__
+from patchctl._fs import sha256_file
+from patchctl.errors import AdapterError, InvalidInputError, NotFoundError
+from patchctl.registry.blobs import BlobStore, materialize
+from patchctl.registry.db import SchemaState, make_engine, schema_state, upgrade
+from patchctl.registry.records import (
+    AliasInfo,
+    Ancestor,
+    BaseInfo,
+    CompatReportRecord,
+    InstallRecord,
+    LineageEdge,
+    PatchSummary,
+    RemoteCopy,
+    ValidationRecord,
+    VersionInfo,
+)
+from patchctl.registry.store import Catalog, open_catalog
+from patchctl.schemas.base import BaseFacts
+from patchctl.schemas.manifest import (
+    MANIFEST_FILE,
+    FileEntry,
+    Manifest,
+    SourceBase,
+    check_patch_name,
+    normalize_version,
+)
+from patchctl.schemas.peft_config import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from patchctl.schemas.refs import HubRef, PatchRef, parse_base_ref, parse_patch_ref
+from patchctl.settings import Settings
+
+__all__ = [
+    "BaseAddResult",
+    "BaseListing",
+    "PatchDetails",
+    "PreparedPush",
+    "PublishedCopy",
+    "Publisher",
+    "PushResult",
+    "alias_list",
+    "alias_remove",
+    "alias_set",
+    "base_add",
+    "base_list",
+    "catalog",
+    "db_current",
+    "db_upgrade",
+    "list_patches",
+    "materialize_version",
+    "prepare_push",
+    "push",
+    "resolve",
+    "show",
+    "unyank",
+    "yank",
+]
+
+#: files of a patch version, in the order they are staged
+PATCH_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
+
+
+@contextmanager
+def catalog(settings: Settings) -> Iterator[Catalog]:
+    """The catalog of ``settings`` (stale schemas refused), closed on exit."""
+    cat = open_catalog(settings)
+    try:
+        yield cat
+    finally:
+        cat.close()
+
+
+def _store(settings: Settings) -> BlobStore:
+    return BlobStore(settings.store_dir)
+
+
+# -- push ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PublishedCopy:
+    """What a publisher reports: where the version now lives and at which revision/commit."""
+
+    url: str
+    revision: str | None = None
+
+
+#: ``publish(manifest, staged_dir)``: copy ``staged_dir`` (the version's files + patch.json) to a
+#: remote and say where; raise a PatchctlError (e.g. RemoteError) to abort the push unrecorded.
+Publisher = Callable[[Manifest, Path], PublishedCopy]
+
+
+@dataclass(frozen=True)
+class PreparedPush:
+    manifest: Manifest
+    adapter_dir: Path
+    base: BaseFacts
+
+
+@dataclass(frozen=True)
+class PushResult:
+    version: VersionInfo
+    #: False: this exact content was already recorded (re-push is a no-op)
+    created: bool
+    remote: RemoteCopy | None = None
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.version.manifest
+
+
+@contextmanager
+def _hash_progress(base_dir: Path, enabled: bool) -> Iterator[Callable[[int], None] | None]:
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from patchctl.bases import weight_file_names
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield None
+        return
+    try:
+        total = sum((base_dir / n).stat().st_size for n in weight_file_names(base_dir))
+    except (InvalidInputError, OSError):
+        total = None
+    with Progress(
+        TextColumn("hashing base"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("hash", total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def prepare_push(
+    adapter_dir: Path,
+    *,
+    name: str,
+    version: str,
+    task: str,
+    base_dir: Path,
+    base_revision: str | None = None,
+    description: str = "",
+    license: str | None = None,
+    show_progress: bool = False,
+) -> PreparedPush:
+    """Stage 1 of push: validate the inputs and build the manifest. Writes nothing."""
+    from patchctl.adapter import map_to_base, read_adapter
+    from patchctl.bases import read_local_base
+
+    try:
+        name = check_patch_name(name)
+        version = normalize_version(version)
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
+    if not task.strip():
+        raise InvalidInputError("--task must not be empty (e.g. 'sst2 sentiment classification')")
+    adapter_dir = Path(adapter_dir).expanduser()
+    layout = read_adapter(adapter_dir)
+    if layout.problems:
+        raise AdapterError(f"{adapter_dir}: " + "; ".join(layout.problems))
+    if not layout.pairs and not layout.replacements:
+        raise AdapterError(f"{adapter_dir}: {ADAPTER_WEIGHTS} holds no LoRA tensors")
+    base_dir = Path(base_dir).expanduser()
+    with _hash_progress(base_dir, show_progress) as progress:
+        facts = read_local_base(base_dir, revision=base_revision, progress=progress)
+    mapping = map_to_base(layout, facts.tensors)
+    if not mapping.complete:
+        missing = [*mapping.unmatched, *mapping.ambiguous][:5]
+        raise AdapterError(
+            f"{adapter_dir}: the adapter does not fit the base {base_dir} "
+            f"({len(mapping.unmatched)} unmatched, {len(mapping.ambiguous)} ambiguous, e.g. {', '.join(missing)})",
+            hint="is --base the model this adapter was trained on?",
+        )
+    files = tuple(
+        FileEntry(path=fname, sha256=sha256_file(adapter_dir / fname), size=(adapter_dir / fname).stat().st_size)
+        for fname in PATCH_FILES
+    )
+    manifest = Manifest(
+        name=name,
+        version=version,
+        task=task.strip(),
+        description=description,
+        license=license,
+        created_at=datetime.now(timezone.utc).replace(microsecond=0),
+        patchctl_version=__version__,
+        lora=layout.lora_spec(),
+        source_base=SourceBase(
+            repo=facts.source,
+            revision=facts.revision,
+            weights_sha256=facts.weights_sha256,
+            structure_sha256=facts.structure_sha256,
+            family=facts.family,
+            tokenizer_sha256=facts.tokenizer_sha256,
+        ),
+        files=files,
+    )
+    return PreparedPush(manifest=manifest, adapter_dir=adapter_dir, base=facts)
+
+
+def _stage(store: BlobStore, prepared: PreparedPush) -> str:
+    """Stage 2: files and patch.json into the content store. Returns patch.json's sha256."""
+    for f in prepared.manifest.files:
+        store.put_file(prepared.adapter_dir / f.path, expected_sha256=f.sha256)
+    return store.put_bytes(prepared.manifest.to_json().encode())
+
+
+def _publish(store: BlobStore, manifest: Manifest, publish: Publisher) -> PublishedCopy:
+    """Stage 3: lay the version out in a temporary directory and hand it to the publisher."""
+    store.root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="patchctl-publish-", dir=store.root) as tmp:
+        staged = materialize(store, manifest.files, Path(tmp) / "patch")
+        (staged / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+        return publish(manifest, staged)
+
+
+def push(
+    settings: Settings,
+    adapter_dir: Path,
+    *,
+    name: str,
+    version: str,
+    task: str,
+    base_dir: Path,
+    base_revision: str | None = None,
+    description: str = "",
+    license: str | None = None,
+    publish: Publisher | None = None,
+    show_progress: bool = False,
+) -> PushResult:
+    """Record a PEFT LoRA adapter as ``name==version`` (see the module docstring for the stages).
+
+    Identical content already recorded → ``created=False`` and nothing changes (a publisher, if
+    given, still publishes and the copy is recorded). Different content → ConflictError.
+    """
+    prepared = prepare_push(
+        adapter_dir,
+        name=name,
+        version=version,
+        task=task,
+        base_dir=base_dir,
+        base_revision=base_revision,
+        description=description,
+        license=license,
+        show_progress=show_progress,
+    )
+    manifest = prepared.manifest
+    store = _store(settings)
+    with catalog(settings) as cat:
+        try:
+            known: VersionInfo | None = cat.get_version(manifest.name, manifest.version)
+        except NotFoundError:
+            known = None
+        if known is not None:
+            # identical → no-op; different → ConflictError, before anything is written
+            result = cat.add_version(manifest, manifest_sha256=known.manifest_sha256)
+            if publish is None:
+                return PushResult(result.version, created=False)
+            again = _publish(store, known.manifest, publish)
+            copied = cat.record_remote(known.name, known.version, again.url, again.revision)
+            return PushResult(result.version, created=False, remote=copied)
+        manifest_sha = _stage(store, prepared)
+        copy = _publish(store, manifest, publish) if publish is not None else None
+        result = cat.add_version(
+            manifest,
+            manifest_sha256=manifest_sha,
+            base=prepared.base,
+            remote=(copy.url, copy.revision) if copy is not None else None,
+        )
+        remote: RemoteCopy | None = None
+        if copy is not None:
+            remote = next(r for r in cat.list_remotes(manifest.name, manifest.version) if r.url == copy.url)
+        return PushResult(result.version, created=result.created, remote=remote)
+
+
+def materialize_version(settings: Settings, version: VersionInfo, dest: Path, *, link: bool = True) -> Path:
+    """Lay out a recorded version's files (a PEFT adapter directory) plus patch.json in ``dest``."""
+    store = _store(settings)
+    out = materialize(store, version.files, dest, link=link)
+    (out / MANIFEST_FILE).unlink(missing_ok=True)
+    (out / MANIFEST_FILE).write_bytes(store.read_bytes(version.manifest_sha256))
+    return out
+
+
+# -- list / show / resolve ------------------------------------------------------------------
+
+
+def list_patches(settings: Settings, namespace: str | None = None) -> list[PatchSummary]:
+    with catalog(settings) as cat:
+        return cat.list_patches(namespace)
+
+
+def _patch_ref(text: str) -> PatchRef:
+    ref = parse_patch_ref(text)
+    if not isinstance(ref, PatchRef):
+        raise InvalidInputError(f"{text!r}: expected a catalog patch (org/name, org/name==1.0, org/name@alias)")
+    return ref
+
+
+def resolve(settings: Settings, ref: str) -> VersionInfo:
+    with catalog(settings) as cat:
+        return cat.resolve(_patch_ref(ref)).version
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    version: str
+    yanked: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class PatchDetails:
+    version: VersionInfo
+    via: str
+    versions: tuple[VersionRow, ...]
+    aliases: tuple[AliasInfo, ...]
+    source_base: BaseInfo | None
+    lineage: tuple[Ancestor, ...]
+    remotes: tuple[RemoteCopy, ...]
+    compat_reports: tuple[CompatReportRecord, ...]
+    validations: tuple[ValidationRecord, ...]
+    installs: tuple[InstallRecord, ...]
+
+
+def show(settings: Settings, ref: str) -> PatchDetails:
+    """Everything the catalog knows about one version (``org/name`` → the newest non-yanked)."""
+    with catalog(settings) as cat:
+        resolved = cat.resolve(_patch_ref(ref))
+        v = resolved.version
+        try:
+            source = cat.get_base(v.manifest.source_base.weights_sha256)
+        except NotFoundError:
+            source = None
+        return PatchDetails(
+            version=v,
+            via=resolved.via,
+            versions=tuple(VersionRow(x.version, x.yanked, x.created_at) for x in cat.list_versions(v.name)),
+            aliases=tuple(cat.list_aliases(v.name)),
+            source_base=source,
+            lineage=tuple(cat.ancestors(v.manifest.source_base.weights_sha256)),
+            remotes=tuple(cat.list_remotes(v.name, v.version)),
+            compat_reports=tuple(cat.list_compat_reports(v.name, v.version)),
+            validations=tuple(cat.list_validations(v.name, v.version)),
+            installs=tuple(cat.list_installs(v.name, v.version)),
+        )
+
+
+# -- aliases and yank -------------------------------------------------------------------------
+
+
+def _name_and_version(ref: str, version: str | None) -> tuple[str, str]:
+    """``org/name 1.0`` or ``org/name==1.0`` / ``org/name@1.0`` → (name, version)."""
+    pref = _patch_ref(ref)
+    from patchctl.registry.resolver import exact_version
+
+    pinned = exact_version(pref)
+    if pref.alias or (pref.spec is not None and pinned is None):
+        raise InvalidInputError(f"{ref!r}: name one exact version (org/name==1.0.0)")
+    if pinned and version and normalize_version(version) != pinned:
+        raise InvalidInputError(f"{ref!r} and version {version!r} disagree")
+    v = pinned or version
+    if not v:
+        raise InvalidInputError(f"{ref!r}: which version? (org/name==1.0.0)")
+    try:
+        return pref.name, normalize_version(v)
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
+
+
+def alias_set(settings: Settings, ref: str, alias: str, version: str | None = None) -> AliasInfo:
+    name, v = _name_and_version(ref, version)
+    with catalog(settings) as cat:
+        return cat.set_alias(name, alias, v)
+
+
+def alias_remove(settings: Settings, name: str, alias: str) -> None:
+    with catalog(settings) as cat:
+        cat.remove_alias(_patch_ref(name).name, alias)
+
+
+def alias_list(settings: Settings, name: str) -> list[AliasInfo]:
+    with catalog(settings) as cat:
+        return cat.list_aliases(_patch_ref(name).name)
+
+
+def yank(settings: Settings, ref: str, version: str | None = None, *, reason: str | None = None) -> VersionInfo:
+    name, v = _name_and_version(ref, version)
+    with catalog(settings) as cat:
+        return cat.yank(name, v, reason)
+
+
+def unyank(settings: Settings, ref: str, version: str | None = None) -> VersionInfo:
+    name, v = _name_and_version(ref, version)
+    with catalog(settings) as cat:
+        return cat.unyank(name, v)
+
+
+# -- bases ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BaseAddResult:
+    base: BaseInfo
+    created: bool
+    edges: tuple[LineageEdge, ...] = ()
+
+
+@dataclass(frozen=True)
+class BaseListing:
+    bases: tuple[BaseInfo, ...]
+    edges: tuple[LineageEdge, ...] = field(default_factory=tuple)
+
+
+def _parent_fingerprint(cat: Catalog, text: str, *, show_progress: bool) -> str:
+    """A parent given as a weights fingerprint (or prefix), ``hf://repo@rev`` known to the
+    catalog, or a local base directory (read and recorded)."""
+    from patchctl.bases import read_local_base
+
+    if re.fullmatch(r"[0-9a-fA-F]{8,64}", text) and not Path(text).exists():
+        return cat.get_base(text).weights_sha256
+    ref = parse_base_ref(text)
+    if isinstance(ref, HubRef):
+        found = cat.find_bases(f"hf://{ref.repo_id}", ref.revision)
+        if not found:
+            raise NotFoundError(
+                f"{text}: no such base in the catalog", hint="add it first (patchctl base add), or give its fingerprint"
+            )
+        if len(found) > 1:
+            raise InvalidInputError(f"{text}: {len(found)} bases match; give a revision or a fingerprint")
+        return found[0].weights_sha256
+    with _hash_progress(ref.path, show_progress) as progress:
+        facts = read_local_base(ref.path, progress=progress)
+    base, _ = cat.add_base(facts)
+    return base.weights_sha256
+
+
+def base_add(
+    settings: Settings,
+    base_dir: Path,
+    *,
+    revision: str | None = None,
+    parents: Sequence[str] = (),
+    relation: str = "update",
+    show_progress: bool = False,
+) -> BaseAddResult:
+    """Record a local base (fingerprinted) and its lineage edges to ``parents``."""
+    from patchctl.bases import read_local_base
+    from patchctl.registry.store import LINEAGE_RELATIONS
+
+    if relation not in LINEAGE_RELATIONS:
+        raise InvalidInputError(f"relation {relation!r}: expected one of {', '.join(LINEAGE_RELATIONS)}")
+    base_dir = Path(base_dir).expanduser()
+    with _hash_progress(base_dir, show_progress) as progress:
+        facts = read_local_base(base_dir, revision=revision, progress=progress)
+    with catalog(settings) as cat:
+        parent_shas = [_parent_fingerprint(cat, p, show_progress=show_progress) for p in parents]
+        base, created = cat.add_base(facts)
+        edges = tuple(cat.add_lineage(base.weights_sha256, p, relation) for p in parent_shas)
+        return BaseAddResult(base, created, edges)
+
+
+def base_list(settings: Settings) -> BaseListing:
+    with catalog(settings) as cat:
+        return BaseListing(tuple(cat.list_bases()), tuple(cat.list_lineage()))
+
+
+# -- database ---------------------------------------------------------------------------------
+
+
+def db_upgrade(settings: Settings) -> SchemaState:
+    engine = make_engine(settings.database_url)
+    try:
+        return upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+def db_current(settings: Settings) -> SchemaState:
+    engine = make_engine(settings.database_url)
+    try:
+        return schema_state(engine)
+    finally:
+        engine.dispose()

@@ -1,0 +1,201 @@
+"""``patchctl push``, ``list``, ``show``, ``yank``, ``unyank``: the patches in the catalog."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from patchctl import api
+from patchctl.cli._output import json_option, print_json, print_table, to_jsonable, warn
+from patchctl.registry.records import VersionInfo
+from patchctl.settings import Settings
+
+__all__ = ["COMMANDS"]
+
+_DIR = click.Path(exists=False, file_okay=False, path_type=Path)
+
+
+def _short(sha: str | None) -> str:
+    return sha[:12] if sha else "-"
+
+
+@click.command("push")
+@click.argument("adapter_dir", type=_DIR)
+@click.option("--name", required=True, help="Patch name: namespace/name.")
+@click.option("--version", "version", required=True, help="PEP 440 version, e.g. 1.0.0.")
+@click.option("--task", required=True, help="What the patch was fine-tuned for (free text).")
+@click.option("--base", "base_dir", required=True, type=_DIR, help="Local directory of the base it was trained on.")
+@click.option("--base-revision", help="Revision (commit) of the base, recorded in the manifest.")
+@click.option("--description", default="", help="Longer description.")
+@click.option("--license", "license_", help="License identifier, e.g. apache-2.0.")
+@json_option
+@click.pass_obj
+def push_cmd(
+    settings: Settings,
+    adapter_dir: Path,
+    name: str,
+    version: str,
+    task: str,
+    base_dir: Path,
+    base_revision: str | None,
+    description: str,
+    license_: str | None,
+    as_json: bool,
+) -> None:
+    """Record a PEFT LoRA adapter as NAME==VERSION: manifest, files in the store, catalog rows.
+
+    Re-pushing the same content is a no-op; other content under an existing version is refused
+    (versions are immutable, exit code 5).
+    """
+    result = api.push(
+        settings,
+        adapter_dir,
+        name=name,
+        version=version,
+        task=task,
+        base_dir=base_dir,
+        base_revision=base_revision,
+        description=description,
+        license=license_,
+        show_progress=not as_json,
+    )
+    v = result.version
+    if result.created:
+        click.echo(f"pushed {v.ref} (content {_short(v.content_digest)}, {len(v.files)} files)", err=True)
+    else:
+        click.echo(f"{v.ref} is already recorded with identical content: nothing to do", err=True)
+    if as_json:
+        print_json({"created": result.created, "version": result.version, "remote": result.remote})
+    else:
+        click.echo(v.ref)
+
+
+@click.command("list")
+@click.option("--namespace", help="Only patches of this namespace.")
+@json_option
+@click.pass_obj
+def list_cmd(settings: Settings, namespace: str | None, as_json: bool) -> None:
+    """List the patches in the catalog (newest non-yanked version of each)."""
+    patches = api.list_patches(settings, namespace)
+    if as_json:
+        print_json(patches)
+        return
+    if not patches:
+        click.echo("no patches in the catalog (push one with `patchctl push`)", err=True)
+        return
+    print_table(
+        ["NAME", "LATEST", "TASK", "VERSIONS", "ALIASES"],
+        (
+            [
+                p.name,
+                p.latest or "(all yanked)",
+                p.task or "",
+                f"{p.versions}" + (f" ({p.yanked} yanked)" if p.yanked else ""),
+                ", ".join(f"{a}→{v}" for a, v in p.aliases.items()),
+            ]
+            for p in patches
+        ),
+    )
+
+
+def _warn_yanked(v: VersionInfo) -> None:
+    if v.yanked:
+        warn(f"{v.ref} is yanked" + (f": {v.yank_reason}" if v.yank_reason else ""))
+
+
+@click.command("show")
+@click.argument("ref")
+@json_option
+@click.pass_obj
+def show_cmd(settings: Settings, ref: str, as_json: bool) -> None:
+    """Show one version: manifest, files, source base and its lineage, aliases, remotes, reports.
+
+    REF is org/name (newest non-yanked), org/name==1.2.0, org/name==1.*, or org/name@alias.
+    """
+    d = api.show(settings, ref)
+    _warn_yanked(d.version)
+    if as_json:
+        data = to_jsonable(d)
+        data["version"]["files"] = to_jsonable(d.version.files)
+        print_json(data)
+        return
+    v, mf = d.version, d.version.manifest
+    sb = mf.source_base
+    fam = sb.family
+    rows = [
+        ("name", v.name),
+        ("version", v.version + ("  (YANKED" + (f": {v.yank_reason}" if v.yank_reason else "") + ")" if v.yanked else "")),
+        ("task", mf.task),
+        ("description", mf.description or "-"),
+        ("license", mf.license or "-"),
+        ("created", v.created_at.isoformat(timespec="seconds")),
+        ("content", v.content_digest),
+        ("lora", f"r={mf.lora.r} alpha={mf.lora.lora_alpha:g} rslora={mf.lora.use_rslora} pairs={mf.lora.lora_pairs} "
+                 f"params={mf.lora.total_parameters}"),
+        ("targets", ", ".join(mf.lora.target_modules) if isinstance(mf.lora.target_modules, tuple)
+                    else str(mf.lora.target_modules)),
+        ("base", f"{sb.repo}" + (f"@{sb.revision}" if sb.revision else "")),
+        ("base weights", sb.weights_sha256),
+        ("base family", f"{fam.model_type} hidden={fam.hidden_size} layers={fam.num_hidden_layers} vocab={fam.vocab_size}"),
+        ("versions", ", ".join(x.version + (" (yanked)" if x.yanked else "") for x in d.versions)),
+        ("aliases", ", ".join(f"{a.alias}→{a.version}" for a in d.aliases) or "-"),
+    ]  # fmt: skip
+    print_table(["FIELD", "VALUE"], rows, title=v.ref)
+    print_table(["FILE", "SHA256", "SIZE"], ([f.path, f.sha256, f.size] for f in v.files), title="files")
+    if d.lineage:
+        print_table(
+            ["DEPTH", "RELATION", "BASE", "WEIGHTS"],
+            ([a.depth, a.relation, a.base.source, _short(a.base.weights_sha256)] for a in d.lineage),
+            title="source base lineage",
+        )
+    if d.remotes:
+        print_table(["REMOTE", "REVISION", "PUSHED"], ([r.url, r.revision, r.pushed_at] for r in d.remotes))
+    if d.compat_reports:
+        print_table(
+            ["REPORT", "BASE", "STATUS", "WHEN"],
+            ([r.id, _short(r.base_weights_sha256), r.status, r.created_at] for r in d.compat_reports),
+            title="compat reports",
+        )
+    if d.validations:
+        print_table(
+            ["VALIDATION", "BASE", "VERDICT", "WHEN"],
+            ([r.id, _short(r.base_weights_sha256), r.verdict, r.created_at] for r in d.validations),
+            title="validations",
+        )
+    if d.installs:
+        print_table(
+            ["INSTALL", "BASE", "FORMAT", "FORCED", "OUT"],
+            ([r.id, _short(r.base_weights_sha256), r.format, r.forced, r.out_path] for r in d.installs),
+            title="installs",
+        )
+
+
+@click.command("yank")
+@click.argument("ref")
+@click.argument("version", required=False)
+@click.option("--reason", help="Why (shown to whoever pins it).")
+@json_option
+@click.pass_obj
+def yank_cmd(settings: Settings, ref: str, version: str | None, reason: str | None, as_json: bool) -> None:
+    """Yank a version (org/name==1.0.0): resolvers skip it unless it is pinned exactly."""
+    v = api.yank(settings, ref, version, reason=reason)
+    click.echo(f"yanked {v.ref}", err=True)
+    if as_json:
+        print_json(v)
+
+
+@click.command("unyank")
+@click.argument("ref")
+@click.argument("version", required=False)
+@json_option
+@click.pass_obj
+def unyank_cmd(settings: Settings, ref: str, version: str | None, as_json: bool) -> None:
+    """Undo a yank."""
+    v = api.unyank(settings, ref, version)
+    click.echo(f"unyanked {v.ref}", err=True)
+    if as_json:
+        print_json(v)
+
+
+COMMANDS = [push_cmd, list_cmd, show_cmd, yank_cmd, unyank_cmd]

@@ -1,0 +1,152 @@
+"""Plain frozen records that :class:`patchctl.registry.store.Catalog` returns (never ORM rows)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from patchctl.schemas.base import Family
+from patchctl.schemas.manifest import FileEntry, Manifest
+
+__all__ = [
+    "AddVersionResult",
+    "AliasInfo",
+    "Ancestor",
+    "BaseInfo",
+    "CompatReportRecord",
+    "InstallRecord",
+    "LineageEdge",
+    "PatchSummary",
+    "RemoteCopy",
+    "ResolvedVersion",
+    "ValidationRecord",
+    "VersionInfo",
+]
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    name: str
+    version: str
+    content_digest: str
+    manifest_sha256: str
+    manifest: Manifest
+    yanked: bool
+    yank_reason: str | None
+    created_at: datetime
+
+    @property
+    def files(self) -> tuple[FileEntry, ...]:
+        return self.manifest.files
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}=={self.version}"
+
+
+@dataclass(frozen=True)
+class AddVersionResult:
+    version: VersionInfo
+    #: False when the same content was already recorded (an idempotent re-push)
+    created: bool
+
+
+@dataclass(frozen=True)
+class ResolvedVersion:
+    version: VersionInfo
+    via: Literal["version", "spec", "alias", "latest"]
+
+    @property
+    def yanked(self) -> bool:
+        return self.version.yanked
+
+
+@dataclass(frozen=True)
+class PatchSummary:
+    name: str
+    namespace: str
+    latest: str | None  # newest non-yanked version
+    task: str | None  # of the latest version
+    versions: int
+    yanked: int
+    aliases: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AliasInfo:
+    name: str
+    alias: str
+    version: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class BaseInfo:
+    source: str
+    revision: str | None
+    weights_sha256: str
+    structure_sha256: str
+    family: Family
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class LineageEdge:
+    child: str  # weights_sha256
+    parent: str
+    relation: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Ancestor:
+    base: BaseInfo
+    relation: str  # relation of the edge that reached it
+    depth: int  # 1 = parent, 2 = grandparent, ...
+
+
+@dataclass(frozen=True)
+class RemoteCopy:
+    name: str
+    version: str
+    url: str
+    revision: str | None
+    pushed_at: datetime
+
+
+@dataclass(frozen=True)
+class CompatReportRecord:
+    id: int
+    name: str
+    version: str
+    base_weights_sha256: str
+    status: str
+    report: dict[str, Any]
+    tool_version: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ValidationRecord:
+    id: int
+    name: str
+    version: str
+    base_weights_sha256: str
+    scores: dict[str, Any]
+    verdict: str
+    thresholds: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class InstallRecord:
+    id: int
+    name: str
+    version: str
+    base_weights_sha256: str
+    out_path: str
+    format: str
+    forced: bool
+    report_id: int | None
+    created_at: datetime
