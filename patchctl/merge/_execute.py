@@ -56,7 +56,7 @@ def _delta_linear(a: Action, tensors: _AdapterTensors) -> torch.Tensor:
     delta = lora_b @ lora_a
     if a.transpose:
         delta = delta.T
-    return delta * a.pair.scaling
+    return delta.mul_(a.pair.scaling)  # in place: the same kernel as PEFT's `* scaling`, one buffer less
 
 
 def _merged_tensor(
@@ -83,7 +83,7 @@ def _merged_tensor(
             elif a.pair.kind == "embedding":
                 lora_a = tensors.get(a.pair.a_key).float()
                 lora_b = tensors.get(a.pair.b_key).float()
-                w += ((lora_b @ lora_a).T * a.pair.scaling).to(dtype)
+                w += (lora_b @ lora_a).T.mul_(a.pair.scaling).to(dtype)
             else:
                 w += _delta_linear(a, tensors)
     assert w is not None
