@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -141,7 +142,7 @@ class AdapterConfig(BaseModel):
         """s = alpha/r, or alpha/sqrt(r) with rslora, honouring rank/alpha patterns."""
         r = self.rank_for(module)
         alpha = self.alpha_for(module)
-        return alpha / (r**0.5) if self.use_rslora else alpha / r
+        return alpha / math.sqrt(r) if self.use_rslora else alpha / r  # as PEFT: math.sqrt, not r**0.5
 
 
 def read_adapter_config(adapter_dir: Path) -> AdapterConfig:

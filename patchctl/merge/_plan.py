@@ -1,0 +1,422 @@
+"""Planning a merge: which base tensor each adapter tensor lands on, shard by shard.
+
+A plan is computed from headers only (the adapter's and the base's safetensors headers plus
+``config.json``); nothing is decoded. Everything that cannot be merged exactly is refused here,
+before a byte is written.
+
+Tied embeddings (``tie_word_embeddings``, no ``lm_head.weight`` in the files) follow what PEFT's
+``merge_and_unload`` leaves in memory:
+
+- a LoRA on ``lm_head`` merges into the one shared tensor (the input embedding);
+- ``modules_to_save`` on ``lm_head`` gives the head its own copy: the output gains an
+  ``lm_head.weight`` tensor and ``config.json`` says ``tie_word_embeddings: false``;
+- ``modules_to_save`` on the input embedding likewise unties: ``lm_head.weight`` keeps the old
+  embedding, the embedding takes the adapter's tensor;
+- a saved ``base_layer.weight`` of the embedding replaces the shared tensor (stays tied).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from math import prod
+from pathlib import Path
+from typing import Any, Literal
+
+from patchctl.adapter import AdapterLayout, LoraPair, Replacement, map_to_base
+from patchctl.bases import INDEX_FILE, read_safetensors_header, weight_file_names
+from patchctl.errors import InvalidInputError, UnsupportedError
+
+__all__ = ["Action", "MergePlan", "ShardPlan", "TensorPlan", "plan_merge"]
+
+PROVENANCE_FILE = "patchctl.json"
+
+DTYPE_SIZES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "U16": 2,
+    "U32": 4,
+    "U64": 8,
+}
+FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
+
+# other weight formats: never copied into a merged directory (they would hold the unmerged base)
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx", ".ot")
+_WEIGHT_INDEX_SUFFIXES = (".bin.index.json", ".h5.index.json", ".msgpack.index.json", ".safetensors.index.json")
+# input-embedding tensor names of common architectures, for tied lm_head handling
+_EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight")
+_LM_HEAD = "lm_head.weight"
+# transformers model types whose attention/MLP layers are Conv1D (weight stored as (in, out)); PEFT
+# forces fan_in_fan_out=True on Conv1D and False on nn.Linear whatever the adapter config says
+_CONV1D_MODEL_TYPES = ("gpt2", "openai-gpt", "decision_transformer", "imagegpt")
+
+
+@dataclass(frozen=True)
+class Action:
+    """One change to a tensor, applied in plan order: replacements first, then LoRA deltas."""
+
+    kind: Literal["replace", "lora", "lora_bias", "copy_of"]
+    #: adapter key read (replace), the LoRA pair (lora, lora_bias), or the base tensor copied (copy_of)
+    replacement: Replacement | None = None
+    pair: LoraPair | None = None
+    source: str | None = None
+    #: the delta is transposed (a GPT-2 style Conv1D weight, stored as (in, out): fan_in_fan_out)
+    transpose: bool = False
+
+    def describe(self) -> str:
+        if self.kind == "replace" and self.replacement is not None:
+            reason = "base_layer" if self.replacement.reason == "embedding_base_layer" else self.replacement.reason
+            return f"replace ({reason}) from {self.replacement.key}"
+        if self.kind in ("lora", "lora_bias") and self.pair is not None:
+            p = self.pair
+            what = "LoRA delta" if self.kind == "lora" else "LoRA bias"
+            return f"{what} {p.kind} r={p.rank} s={p.scaling:g}" + (" fan_in_fan_out" if self.transpose else "")
+        return f"copy of {self.source}"
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    #: byte range in the base file's data region (None for a tensor the merge adds)
+    src_offsets: tuple[int, int] | None
+    actions: tuple[Action, ...] = ()
+
+    @property
+    def nbytes(self) -> int:
+        return prod(self.shape) * DTYPE_SIZES[self.dtype]
+
+    @property
+    def touched(self) -> bool:
+        return bool(self.actions)
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """One output safetensors file, mirroring the base file of the same name."""
+
+    file: str
+    #: tensors in the base header's order, then tensors the merge adds
+    tensors: tuple[TensorPlan, ...]
+    metadata: dict[str, str]
+
+    @property
+    def touched(self) -> tuple[TensorPlan, ...]:
+        return tuple(t for t in self.tensors if t.touched)
+
+    @property
+    def data_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    adapter: AdapterLayout
+    base_dir: Path
+    shards: tuple[ShardPlan, ...]
+    #: base files copied verbatim (relative names); config.json is rewritten when config_changes is set
+    copied_files: tuple[str, ...]
+    #: entries of the base directory left out, with the reason
+    skipped: dict[str, str]
+    sharded: bool
+    config_changes: dict[str, Any] = field(default_factory=dict)
+    #: the index's top-level keys other than weight_map (its metadata is updated)
+    index_extra: dict[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def total_tensors(self) -> int:
+        return sum(len(s.tensors) for s in self.shards)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(s.data_bytes for s in self.shards)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-able description, for ``--dry-run``."""
+        touched = [
+            {"file": s.file, "tensor": t.name, "dtype": t.dtype, "shape": list(t.shape), "bytes": t.nbytes,
+             "changes": [a.describe() for a in t.actions]}
+            for s in self.shards
+            for t in s.touched
+        ]  # fmt: skip
+        return {
+            "adapter": str(self.adapter.path),
+            "base": str(self.base_dir),
+            "shards": [
+                {
+                    "file": s.file,
+                    "tensors": len(s.tensors),
+                    "touched": len(s.touched),
+                    "copied": len(s.tensors) - len(s.touched),
+                    "bytes": s.data_bytes,
+                    "touched_bytes": sum(t.nbytes for t in s.touched),
+                }
+                for s in self.shards
+            ],
+            "tensors_total": self.total_tensors,
+            "tensors_touched": len(touched),
+            "bytes_to_write": self.total_bytes,
+            "touched": touched,
+            "files_copied": list(self.copied_files),
+            "skipped": dict(self.skipped),
+            "index": INDEX_FILE if self.sharded else None,
+            "config_changes": dict(self.config_changes),
+            "notes": list(self.notes),
+        }
+
+
+def _read_config(base_dir: Path) -> dict[str, Any]:
+    path = base_dir / "config.json"
+    if not path.is_file():
+        raise InvalidInputError(f"{base_dir}: no config.json (is this a transformers model directory?)")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise InvalidInputError(f"{path}: expected a JSON object")
+    return config
+
+
+def _tie_flag(config: Mapping[str, Any]) -> bool:
+    text = config.get("text_config")
+    for src in (config, text if isinstance(text, Mapping) else {}):
+        if "tie_word_embeddings" in src:
+            return bool(src["tie_word_embeddings"])
+    return True  # transformers' PretrainedConfig default
+
+
+def _tied_embedding(config: Mapping[str, Any], names: set[str]) -> str | None:
+    """The input-embedding tensor that also serves as the output head, or None if not tied."""
+    if any(n == _LM_HEAD or n.endswith("." + _LM_HEAD) for n in names) or not _tie_flag(config):
+        return None
+    cands = sorted(n for n in names if n.endswith(_EMBEDDING_SUFFIXES))
+    return cands[0] if len(cands) == 1 else None
+
+
+def _is_lm_head(target: str) -> bool:
+    return target == _LM_HEAD or target.endswith("." + _LM_HEAD)
+
+
+def _classify_base_files(base_dir: Path, weight_files: list[str]) -> tuple[list[str], dict[str, str]]:
+    copied: list[str] = []
+    skipped: dict[str, str] = {}
+    weights = set(weight_files)
+    for entry in sorted(base_dir.iterdir(), key=lambda p: p.name):
+        name = entry.name
+        if name in weights:
+            continue
+        if name == INDEX_FILE:
+            continue  # rewritten
+        if name == PROVENANCE_FILE:
+            skipped[name] = "provenance of an earlier install (rewritten)"
+        elif name.startswith("."):
+            skipped[name] = "hidden (VCS or download cache metadata)"
+        elif entry.is_dir():
+            skipped[name] = "subdirectory (not part of a transformers model load)"
+        elif name.endswith(_WEIGHT_INDEX_SUFFIXES) or name.endswith(_WEIGHT_SUFFIXES):
+            skipped[name] = "weights in another file or format (would hold the unmerged base)"
+        elif entry.is_file():
+            copied.append(name)
+        else:
+            skipped[name] = "not a regular file"
+    return copied, skipped
+
+
+def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
+    """Plan merging ``adapter`` into the base in ``base_dir`` (headers and config only).
+
+    Raises UnsupportedError for what cannot be merged exactly (conv LoRA, non-float tensors,
+    two deltas on one tensor) and InvalidInputError for inputs that do not fit (unmatched or
+    ambiguous keys, shape mismatches, unpaired LoRA tensors).
+    """
+    base_dir = Path(base_dir).expanduser()
+    if not base_dir.is_dir():
+        raise InvalidInputError(f"{base_dir}: base directory does not exist")
+    adapter.config.require_lora()
+    if adapter.problems:
+        raise InvalidInputError(f"{adapter.path}: " + "; ".join(adapter.problems))
+    for p in adapter.pairs:
+        if p.kind == "conv":
+            raise UnsupportedError(f"{p.module}: LoRA on a convolution is not supported by the merge engine")
+    config = _read_config(base_dir)
+    files = weight_file_names(base_dir)
+    sharded = (base_dir / INDEX_FILE).is_file()
+    headers = {f: read_safetensors_header(base_dir / f) for f in files}
+    where: dict[str, str] = {}
+    for f, h in headers.items():
+        for name in h:
+            if name != "__metadata__":
+                if name in where:
+                    raise InvalidInputError(f"{base_dir}: tensor {name} appears in both {where[name]} and {f}")
+                where[name] = f
+    names = set(where)
+
+    mapping = map_to_base(adapter, names)
+    tied = _tied_embedding(config, names)
+    if (
+        adapter.config.raw.get("ensure_weight_tying")
+        and tied
+        and (
+            any(_is_lm_head(r.target) for r in adapter.replacements)
+            or any(_is_lm_head(p.target) for p in adapter.pairs)
+        )
+    ):
+        raise UnsupportedError("ensure_weight_tying with a patched tied lm_head is not supported by the merge engine")
+    targets = dict(mapping.targets)
+    unmatched = list(mapping.unmatched)
+    added: dict[str, tuple[str, Action]] = {}  # new output tensor -> (tensor it sits beside, how it is made)
+    config_changes: dict[str, Any] = {}
+    notes: list[str] = []
+    if tied:
+        for t in list(unmatched):
+            if not _is_lm_head(t):
+                continue
+            unmatched.remove(t)
+            if any(p.target == t for p in adapter.pairs):
+                targets[t] = tied
+                notes.append(f"{t} is tied to {tied}: its LoRA delta is merged into the shared tensor")
+            else:
+                rep = next(r for r in adapter.replacements if r.target == t)
+                added[t] = (tied, Action("replace", replacement=rep))
+                config_changes["tie_word_embeddings"] = False
+                notes.append(f"{t} was tied to {tied}; modules_to_save gives it its own tensor (untied)")
+        for r in adapter.replacements:
+            if r.reason == "modules_to_save" and targets.get(r.target) == tied and _LM_HEAD not in added:
+                added[_LM_HEAD] = (tied, Action("copy_of", source=tied))
+                config_changes["tie_word_embeddings"] = False
+                notes.append(f"{tied} is replaced (modules_to_save) and untied; {_LM_HEAD} keeps the base embedding")
+    if unmatched or mapping.ambiguous:
+        parts = []
+        if unmatched:
+            parts.append(f"{len(unmatched)} adapter target(s) have no tensor in the base: {', '.join(unmatched[:5])}")
+        for t, cands in list(mapping.ambiguous.items())[:5]:
+            parts.append(f"{t} matches several base tensors ({', '.join(cands)})")
+        raise InvalidInputError(f"{adapter.path} onto {base_dir}: " + "; ".join(parts))
+
+    actions: dict[str, list[Action]] = {}
+    for r in adapter.replacements:
+        if r.target in added:
+            continue
+        actions.setdefault(targets[r.target], []).append(Action("replace", replacement=r))
+    conv1d_model = str(config.get("model_type")) in _CONV1D_MODEL_TYPES
+    for p in adapter.pairs:
+        transpose = p.kind == "linear" and conv1d_model and not _is_lm_head(p.target)
+        actions.setdefault(targets[p.target], []).append(Action("lora", pair=p, transpose=transpose))
+        if p.bias_key:
+            actions.setdefault(targets[p.bias_target], []).append(Action("lora_bias", pair=p))
+    order = {"replace": 0, "copy_of": 0, "lora": 1, "lora_bias": 2}
+    for base_name, acts in actions.items():
+        acts.sort(key=lambda a: order[a.kind])
+        if sum(a.kind == "lora" for a in acts) > 1 or sum(a.kind == "replace" for a in acts) > 1:
+            raise UnsupportedError(f"{base_name}: more than one adapter tensor lands on it (tied modules?)")
+        _check_shapes(base_name, headers[where[base_name]][base_name], acts, adapter)
+
+    shards: list[ShardPlan] = []
+    for f in files:
+        h = headers[f]
+        tensors: list[TensorPlan] = []
+        for name, info in h.items():
+            if name == "__metadata__":
+                continue
+            tensors.append(
+                TensorPlan(
+                    name=name,
+                    dtype=str(info["dtype"]),
+                    shape=tuple(int(d) for d in info["shape"]),
+                    src_offsets=(int(info["data_offsets"][0]), int(info["data_offsets"][1])),
+                    actions=tuple(actions.get(name, ())),
+                )
+            )
+        for new_name, (beside, action) in sorted(added.items()):
+            if where[beside] == f:
+                info = h[beside]
+                shape = tuple(int(d) for d in info["shape"])
+                if action.replacement is not None and action.replacement.shape != shape:
+                    raise InvalidInputError(
+                        f"{action.replacement.key}: shape {list(action.replacement.shape)} differs from "
+                        f"{beside} {list(shape)}"
+                    )
+                tensors.append(TensorPlan(new_name, str(info["dtype"]), shape, None, (action,)))
+        for tp in tensors:
+            if tp.dtype not in DTYPE_SIZES:
+                raise UnsupportedError(f"{f}: tensor {tp.name} has dtype {tp.dtype}, which patchctl cannot copy")
+            if tp.touched and tp.dtype not in FLOAT_DTYPES:
+                raise UnsupportedError(
+                    f"{tp.name}: dtype {tp.dtype} (a quantized base?) cannot be merged; use a float16/bfloat16/float32 base"
+                )
+        meta = h.get("__metadata__")
+        metadata = {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+        metadata.setdefault("format", "pt")
+        shards.append(ShardPlan(file=f, tensors=tuple(tensors), metadata=metadata))
+
+    copied, skipped = _classify_base_files(base_dir, files)
+    index_extra: dict[str, Any] = {}
+    if sharded:
+        try:
+            index = json.loads((base_dir / INDEX_FILE).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidInputError(f"{base_dir / INDEX_FILE}: not valid JSON ({exc})") from None
+        index_extra = {k: v for k, v in index.items() if k != "weight_map"}
+    return MergePlan(
+        adapter=adapter,
+        base_dir=base_dir,
+        shards=tuple(shards),
+        copied_files=tuple(copied),
+        skipped=skipped,
+        sharded=sharded,
+        config_changes=config_changes,
+        index_extra=index_extra,
+        notes=tuple(notes),
+    )
+
+
+def _check_shapes(base_name: str, info: Mapping[str, Any], acts: list[Action], adapter: AdapterLayout) -> None:
+    shape = tuple(int(d) for d in info["shape"])
+    for a in acts:
+        if a.kind == "replace" and a.replacement is not None:
+            if a.replacement.shape != shape:
+                raise InvalidInputError(
+                    f"{a.replacement.key}: shape {list(a.replacement.shape)} differs from the base's "
+                    f"{base_name} {list(shape)} (resized vocabulary?)"
+                )
+        elif a.pair is not None:
+            p = a.pair
+            if len(p.a_shape) != 2 or len(p.b_shape) != 2 or p.a_shape[0] != p.rank or p.b_shape[1] != p.rank:
+                raise InvalidInputError(f"{p.module}: LoRA shapes A{list(p.a_shape)} B{list(p.b_shape)} do not agree")
+            want_rank = adapter.config.rank_for(p.module)
+            if want_rank != p.rank:
+                raise InvalidInputError(
+                    f"{p.module}: LoRA rank {p.rank} differs from the config's r={want_rank} (rank_pattern?)"
+                )
+            if a.kind == "lora_bias":
+                if shape != (p.b_shape[0],):
+                    raise InvalidInputError(
+                        f"{p.module}: LoRA bias length {p.b_shape[0]} differs from {base_name} {list(shape)}"
+                    )
+                continue
+            if p.kind == "embedding":
+                # lora_embedding_A: (r, num_embeddings), lora_embedding_B: (embedding_dim, r)
+                want = (p.a_shape[1], p.b_shape[0])
+            else:
+                want = (p.b_shape[0], p.a_shape[1])
+                if a.transpose:
+                    want = (want[1], want[0])
+            if want != shape:
+                raise InvalidInputError(
+                    f"{p.module}: LoRA delta has shape {list(want)} but the base's {base_name} is {list(shape)}"
+                    + (" (fan_in_fan_out: a Conv1D weight)" if a.transpose else "")
+                )

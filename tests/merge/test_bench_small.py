@@ -1,0 +1,28 @@
+"""The benchmark script runs end to end at tiny sizes (so it cannot rot)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "merge" / "bench_merge.py"
+
+
+@pytest.mark.slow
+def test_bench_small_mode(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--small", "--workdir", str(tmp_path), "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert [r["run"] for r in results["rows"]] == ["patchctl merge", "PEFT merge_and_unload", "cp -r", "patchctl merge"]
+    assert all(r["wall_s"] > 0 and r["peak_rss_mib"] > 0 for r in results["rows"])
+    assert results["tensors_compared_with_peft"] > 10
+    assert "| patchctl merge |" in proc.stdout
+    assert list(tmp_path.iterdir()) == [out]  # work files cleaned up
