@@ -58,10 +58,13 @@ from patchctl.settings import Settings
 __all__ = [
     "BaseAddResult",
     "BaseListing",
+    "CheckOutcome",
+    "InstallOutcome",
     "PatchDetails",
     "PreparedPush",
     "PublishedCopy",
     "Publisher",
+    "PullResult",
     "PushResult",
     "alias_list",
     "alias_remove",
@@ -69,13 +72,20 @@ __all__ = [
     "base_add",
     "base_list",
     "catalog",
+    "check",
     "db_current",
     "db_upgrade",
+    "install",
     "list_patches",
     "materialize_version",
     "prepare_push",
+    "publisher_for",
+    "pull",
     "push",
+    "read_base",
+    "remote_url_for",
     "resolve",
+    "search",
     "show",
     "unyank",
     "yank",
@@ -162,6 +172,15 @@ def _hash_progress(base_dir: Path, enabled: bool) -> Iterator[Callable[[int], No
     ) as bar:
         task = bar.add_task("hash", total=total)
         yield lambda n: bar.advance(task, n)
+
+
+def read_base(base_dir: Path, *, revision: str | None = None, show_progress: bool = False) -> BaseFacts:
+    """Facts of a local base directory (hashing its weights, with a progress bar on stderr if asked)."""
+    from patchctl.bases import read_local_base
+
+    base_dir = Path(base_dir).expanduser()
+    with _hash_progress(base_dir, show_progress) as progress:
+        return read_local_base(base_dir, revision=revision, progress=progress)
 
 
 def prepare_push(
@@ -514,3 +533,9 @@ def db_current(settings: Settings) -> SchemaState:
         return schema_state(engine)
     finally:
         engine.dispose()
+
+
+# -- check / install / remotes (implemented in their own modules) ---------------------------
+
+from patchctl.installer import CheckOutcome, InstallOutcome, check, install  # noqa: E402
+from patchctl.sync import PullResult, publisher_for, pull, remote_url_for, search  # noqa: E402

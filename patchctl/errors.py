@@ -116,4 +116,10 @@ class StaleSchemaError(CatalogError):
 
 
 class CheckFailedError(PatchctlError):
+    """Raised by install when checks fail; ``report`` is the CompatReport, for rendering."""
+
     exit_code = EXIT_CHECK_FAILED
+
+    def __init__(self, message: str, *, hint: str | None = None, report: object = None) -> None:
+        super().__init__(message, hint=hint)
+        self.report = report

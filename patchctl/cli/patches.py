@@ -20,6 +20,11 @@ def _short(sha: str | None) -> str:
     return sha[:12] if sha else "-"
 
 
+def _publisher(settings: Settings, to: str | None) -> api.Publisher | None:
+    url = api.remote_url_for(settings, to)
+    return api.publisher_for(url) if url else None
+
+
 @click.command("push")
 @click.argument("adapter_dir", type=_DIR)
 @click.option("--name", required=True, help="Patch name: namespace/name.")
@@ -29,6 +34,13 @@ def _short(sha: str | None) -> str:
 @click.option("--base-revision", help="Revision (commit) of the base, recorded in the manifest.")
 @click.option("--description", default="", help="Longer description.")
 @click.option("--license", "license_", help="License identifier, e.g. apache-2.0.")
+@click.option(
+    "--to",
+    "to",
+    help="Also publish to this remote: hf://org/repo (one Hub repo per patch, tag v<version>) or file:///dir. "
+    "Default: the configured default_remote (PATCHCTL_REMOTE).",
+)
+@click.option("--local-only", is_flag=True, help="Do not publish, even if a default remote is configured.")
 @json_option
 @click.pass_obj
 def push_cmd(
@@ -41,6 +53,8 @@ def push_cmd(
     base_revision: str | None,
     description: str,
     license_: str | None,
+    to: str | None,
+    local_only: bool,
     as_json: bool,
 ) -> None:
     """Record a PEFT LoRA adapter as NAME==VERSION: manifest, files in the store, catalog rows.
@@ -58,6 +72,7 @@ def push_cmd(
         base_revision=base_revision,
         description=description,
         license=license_,
+        publish=None if local_only else _publisher(settings, to),
         show_progress=not as_json,
     )
     v = result.version
@@ -65,6 +80,8 @@ def push_cmd(
         click.echo(f"pushed {v.ref} (content {_short(v.content_digest)}, {len(v.files)} files)", err=True)
     else:
         click.echo(f"{v.ref} is already recorded with identical content: nothing to do", err=True)
+    if result.remote is not None:
+        click.echo(f"published to {result.remote.url} ({result.remote.revision})", err=True)
     if as_json:
         print_json({"created": result.created, "version": result.version, "remote": result.remote})
     else:

@@ -1,0 +1,138 @@
+"""``patchctl check`` and ``patchctl install``: a patch against a base, then θ′ + Δθ."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from patchctl import api
+from patchctl.cli._output import err_console, json_option, print_json, print_table, to_jsonable
+from patchctl.errors import PatchctlError
+from patchctl.schemas.report import CompatReport
+from patchctl.settings import Settings
+
+__all__ = ["COMMANDS", "render_report"]
+
+_STYLE = {"pass": "[green]pass[/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}
+
+
+def render_report(report: CompatReport, *, to_stderr: bool = False) -> None:
+    """The report as a table (stdout for `check`, stderr for `install`)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("CHECK", "RESULT", "DETAIL", show_edge=False, header_style="bold")
+    for r in report.results:
+        table.add_row(r.name, _STYLE.get(r.status, r.status), r.detail)
+    console = Console(stderr=to_stderr, soft_wrap=False)
+    console.print(table)
+    console.print(report.summary(), markup=False, highlight=False)
+
+
+@click.command("check")
+@click.argument("patch")
+@click.option("--onto", required=True, help="Target base: a local model directory or hf://org/repo[@rev].")
+@json_option
+@click.pass_obj
+def check_cmd(settings: Settings, patch: str, onto: str, as_json: bool) -> None:
+    """Run the compatibility checks of PATCH against the base given by --onto.
+
+    PATCH is a catalog reference (org/name, org/name==1.*, org/name@alias), a remote
+    (hf://org/repo@v1.0, file:///dir) or a local adapter directory (./dir). Only config.json and
+    safetensors headers of the base are read (over HTTP range requests for hf:// bases). The
+    report is logged in the catalog. Exit code: 0 all pass, 20 warnings, 21 failures.
+    """
+    outcome = api.check(settings, patch, onto=onto, progress=not as_json)
+    if as_json:
+        print_json({"report_id": outcome.report_id, **outcome.report.model_dump(mode="json")})
+    else:
+        render_report(outcome.report)
+    click.get_current_context().exit(outcome.report.exit_code())
+
+
+@click.command("install")
+@click.argument("patch")
+@click.option("--onto", required=True, help="Target base: a local model directory or hf://org/repo[@rev].")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["merged", "adapter"]),
+    default="merged",
+    show_default=True,
+    help="merged: full model with the patch merged in; adapter: the PEFT adapter rebased onto the new base.",
+)
+@click.option("--force", is_flag=True, help="Install despite failed checks (logged) and replace an existing --out.")
+@click.option("--dry-run", is_flag=True, help="Print the check report and the merge plan; write nothing.")
+@json_option
+@click.pass_obj
+def install_cmd(
+    settings: Settings, patch: str, onto: str, out: Path | None, fmt: str, force: bool, dry_run: bool, as_json: bool
+) -> None:
+    """Check PATCH against the base --onto, then write it merged into --out (θ′ + Δθ).
+
+    The merge streams one tensor at a time (constant memory), copies untouched tensors without
+    decoding, and equals PEFT's merge_and_unload bit for bit. The output appears atomically;
+    patchctl.json in it records the patch, the base fingerprint and every file's sha256.
+    Checks that fail stop the install (exit 21) unless --force.
+    """
+    try:
+        outcome = api.install(
+            settings,
+            patch,
+            onto=onto,
+            out=out,
+            format=fmt,  # type: ignore[arg-type]
+            force=force,
+            dry_run=dry_run,
+            progress=not as_json,
+        )
+    except PatchctlError as exc:
+        report = getattr(exc, "report", None)
+        if isinstance(report, CompatReport) and not as_json:
+            render_report(report, to_stderr=True)
+        raise
+    report = outcome.check.report
+    if as_json:
+        print_json(
+            {
+                "report_id": outcome.check.report_id,
+                "report": report.model_dump(mode="json"),
+                "format": outcome.format,
+                "dry_run": outcome.dry_run,
+                "forced": outcome.forced,
+                "out_dir": outcome.out_dir,
+                "plan": outcome.plan,
+                "result": to_jsonable(outcome.result),
+                "install_id": outcome.install_id,
+            }
+        )
+        return
+    render_report(report, to_stderr=not dry_run)
+    if dry_run:
+        plan = outcome.plan
+        if plan is None:
+            click.echo("(no merge plan: --format adapter copies the adapter files only)")
+            return
+        print_table(
+            ["SHARD", "TENSORS", "TOUCHED", "BYTES"],
+            ([s["file"], s["tensors"], s["touched"], s["bytes"]] for s in plan["shards"]),
+        )
+        click.echo(
+            f"plan: {plan['tensors_touched']} of {plan['tensors_total']} tensors touched, "
+            f"{plan['bytes_to_write']} bytes to write; nothing written (--dry-run)"
+        )
+        return
+    assert outcome.result is not None
+    res = outcome.result
+    err_console().print(
+        f"installed {outcome.check.patch} onto {outcome.check.base}: {res['tensors_touched']} tensors merged, "
+        f"{res['bytes_written']} bytes in {res['seconds']} s",
+        markup=False,
+        highlight=False,
+    )
+    click.echo(str(outcome.out_dir))
+
+
+COMMANDS = [check_cmd, install_cmd]

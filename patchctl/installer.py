@@ -1,0 +1,231 @@
+"""Check and install: a patch version against a target base, then θ′ + Δθ written to disk.
+
+``check`` needs only config.json and safetensors headers of the target (local or on the Hub);
+``install`` runs the same checks, refuses on failure unless forced (the forced install is
+recorded as such), then merges (``--format merged``) or writes a rebased adapter
+(``--format adapter``). Reports and installs of catalog versions are logged in the catalog.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from patchctl import __version__
+from patchctl.errors import CheckFailedError, InvalidInputError, NotFoundError
+from patchctl.registry.records import VersionInfo
+from patchctl.schemas.base import BaseFacts
+from patchctl.schemas.manifest import MANIFEST_FILE, Manifest
+from patchctl.schemas.refs import HubRef, PatchRef, PathRef, RemoteRef, parse_base_ref, parse_patch_ref
+from patchctl.schemas.report import CompatReport
+from patchctl.settings import Settings
+
+__all__ = ["CheckOutcome", "InstallOutcome", "check", "install"]
+
+log = logging.getLogger(__name__)
+
+InstallFormat = Literal["merged", "adapter"]
+
+
+@dataclass(frozen=True)
+class PatchSource:
+    """A patch made ready for checking: an adapter directory, its manifest, its catalog version."""
+
+    ref: str
+    adapter_dir: Path
+    manifest: Manifest | None
+    version: VersionInfo | None
+
+
+@dataclass(frozen=True)
+class TargetBase:
+    ref: str
+    facts: BaseFacts
+    local_dir: Path | None
+    hub: HubRef | None
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    report: CompatReport
+    report_id: int | None
+    patch: str
+    base: str
+
+
+@dataclass(frozen=True)
+class InstallOutcome:
+    check: CheckOutcome
+    format: InstallFormat
+    out_dir: Path | None
+    dry_run: bool
+    forced: bool
+    plan: dict[str, Any] | None
+    result: dict[str, Any] | None
+    install_id: int | None
+
+
+@contextmanager
+def _patch_source(settings: Settings, text: str, *, progress: bool) -> Iterator[PatchSource]:
+    from patchctl import api
+
+    ref = parse_patch_ref(text)
+    if isinstance(ref, PathRef):
+        adapter_dir = ref.path
+        if not adapter_dir.is_dir():
+            raise NotFoundError(f"{adapter_dir}: no such adapter directory")
+        mpath = adapter_dir / MANIFEST_FILE
+        manifest = Manifest.read(mpath) if mpath.is_file() else None
+        yield PatchSource(str(adapter_dir), adapter_dir, manifest, None)
+        return
+    if isinstance(ref, (HubRef, RemoteRef)):
+        version = api.pull(settings, text, progress=progress).version
+    else:
+        assert isinstance(ref, PatchRef)
+        with api.catalog(settings) as cat:
+            resolved = cat.resolve(ref)
+        version = resolved.version
+        if version.yanked:
+            log.warning("%s is yanked%s", version.ref, f": {version.yank_reason}" if version.yank_reason else "")
+    settings.home.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".materialize-", dir=settings.home))
+    try:
+        adapter_dir = api.materialize_version(settings, version, tmp / "adapter")
+        yield PatchSource(version.ref, adapter_dir, version.manifest, version)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _target_base(text: str, *, progress: bool) -> TargetBase:
+    ref = parse_base_ref(text)
+    if isinstance(ref, HubRef):
+        from patchctl.remotes import remote_base_facts
+
+        return TargetBase(str(ref), remote_base_facts(ref), None, ref)
+    from patchctl.api import read_base
+
+    return TargetBase(str(ref.path), read_base(ref.path, show_progress=progress), ref.path, None)
+
+
+def _run(settings: Settings, source: PatchSource, target: TargetBase) -> CheckOutcome:
+    from patchctl import api
+    from patchctl.checks import read_adapter_for_checks, run_checks
+
+    layout = read_adapter_for_checks(source.adapter_dir)
+    report_id = None
+    with api.catalog(settings) as cat:
+        ancestors = {a.base.weights_sha256 for a in cat.ancestors(target.facts.weights_sha256)}
+        report = run_checks(
+            layout, target.facts, manifest=source.manifest, target_ancestors=ancestors, patch=source.ref
+        )
+        if source.version is not None:
+            rec = cat.record_compat_report(
+                source.version.name,
+                source.version.version,
+                base_weights_sha256=target.facts.weights_sha256,
+                status=report.status,
+                report=report.model_dump(mode="json"),
+                tool_version=__version__,
+            )
+            report_id = rec.id
+    return CheckOutcome(report, report_id, source.ref, target.ref)
+
+
+def check(settings: Settings, patch: str, *, onto: str, progress: bool = True) -> CheckOutcome:
+    """Run every compatibility check of ``patch`` against the base ``onto`` (a directory or hf://)."""
+    target = _target_base(onto, progress=progress)
+    with _patch_source(settings, patch, progress=progress) as source:
+        return _run(settings, source, target)
+
+
+def install(
+    settings: Settings,
+    patch: str,
+    *,
+    onto: str,
+    out: Path | None,
+    format: InstallFormat = "merged",
+    force: bool = False,
+    dry_run: bool = False,
+    progress: bool = True,
+) -> InstallOutcome:
+    """Check, then merge ``patch`` onto ``onto`` into ``out`` (or write a rebased adapter)."""
+    from patchctl import api
+    from patchctl.adapter import read_adapter
+    from patchctl.merge import RichMergeProgress, execute_merge, plan_merge, write_rebased_adapter
+
+    if format not in ("merged", "adapter"):
+        raise InvalidInputError(f"--format {format!r}: expected 'merged' or 'adapter'")
+    if out is None and not dry_run:
+        raise InvalidInputError("--out DIR is required (or use --dry-run)")
+    target = _target_base(onto, progress=progress)
+    with _patch_source(settings, patch, progress=progress) as source:
+        outcome = _run(settings, source, target)
+        report = outcome.report
+        if report.failed and not force:
+            raise CheckFailedError(
+                f"{report.summary()}; refusing to install",
+                hint=f"`patchctl check {patch} --onto {onto}` shows every check; --force installs anyway (logged)",
+                report=report,
+            )
+        if report.failed:
+            log.warning("installing despite failed checks (--force): %s", ", ".join(r.name for r in report.failed))
+        layout = read_adapter(source.adapter_dir)  # unsupported variants stop here, even with --force
+        forced = bool(force and report.failed)
+        provenance = {
+            "patch": source.ref,
+            "manifest_content_digest": source.manifest.content_digest if source.manifest else None,
+            "compat_status": report.status,
+            "compat_report_id": outcome.report_id,
+            "forced": forced,
+            "base_source": target.facts.source,
+            "base_revision": target.facts.revision,
+        }
+        plan = plan_merge(layout, target.local_dir) if format == "merged" and target.local_dir else None
+        if dry_run:
+            summary = plan.summary() if plan is not None else None
+            return InstallOutcome(outcome, format, out, True, forced, summary, None, None)
+        assert out is not None
+        if format == "merged":
+            if plan is None:  # a Hub base: download only now that the checks passed
+                from patchctl.remotes import download_base
+
+                assert target.hub is not None
+                plan = plan_merge(layout, download_base(target.hub, progress=progress))
+            result = execute_merge(
+                plan,
+                out,
+                force=force,
+                progress=RichMergeProgress(f"installing {source.ref}") if progress else None,
+                provenance=provenance,
+                base_weights_sha256=target.facts.weights_sha256,
+            )
+        else:
+            result = write_rebased_adapter(
+                layout,
+                out,
+                base_model_name_or_path=target.hub.repo_id if target.hub else target.facts.source,
+                revision=target.facts.revision,
+                force=force,
+                provenance=provenance,
+            )
+        install_id = None
+        if source.version is not None:
+            with api.catalog(settings) as cat:
+                install_id = cat.record_install(
+                    source.version.name,
+                    source.version.version,
+                    base_weights_sha256=target.facts.weights_sha256,
+                    out_path=str(result.out_dir),
+                    format=format,
+                    forced=forced,
+                    report_id=outcome.report_id,
+                ).id
+        summary = plan.summary() if plan is not None else None
+        return InstallOutcome(outcome, format, result.out_dir, False, forced, summary, result.to_dict(), install_id)
