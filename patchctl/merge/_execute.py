@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from patchctl.bases import INDEX_FILE, header_length, weights_fingerprint
+from patchctl.bases import INDEX_FILE, header_length, parse_safetensors_header, weights_fingerprint
 from patchctl.errors import InvalidInputError, UnsupportedError
 from patchctl.merge._io import TORCH_DTYPES, copy_range, encode_header, pwrite_all, read_tensor, tensor_bytes
 from patchctl.merge._output import FileRecord, MergeResult, atomic_output_dir, write_provenance
@@ -157,6 +157,21 @@ def _write_touched(
         pwrite_all(dst_fd, tensor_bytes(w), dst_off + r0 * row_elems * out_size)
 
 
+def _check_unchanged(path: Path, header: Mapping[str, Any], shard: ShardPlan) -> None:
+    """The base file still has the layout the plan was made from (it may have been replaced since)."""
+    for t in shard.tensors:
+        if t.src_offsets is None:
+            continue
+        info = header.get(t.name)
+        if (
+            not isinstance(info, Mapping)
+            or str(info.get("dtype")) != t.dtype
+            or tuple(info.get("shape", ())) != t.shape
+            or tuple(info.get("data_offsets", ())) != t.src_offsets
+        ):
+            raise InvalidInputError(f"{path}: changed since the merge was planned ({t.name}); plan again")
+
+
 def _write_shard(
     plan: MergePlan, shard: ShardPlan, out: Path, tensors: _AdapterTensors, progress: MergeProgress, delay: float
 ) -> tuple[int, int]:
@@ -178,6 +193,7 @@ def _write_shard(
     try:
         first8 = os.pread(src_fd, 8, 0)
         src_data = 8 + header_length(first8)
+        _check_unchanged(src_path, parse_safetensors_header(first8 + os.pread(src_fd, src_data - 8, 8)), shard)
         dst_fd = os.open(out / shard.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             pwrite_all(dst_fd, head, 0)
