@@ -32,10 +32,16 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         {"target_modules": ["c_attn"], "fan_in_fan_out": True, "modules_to_save": ["lm_head"]},
     ),
     "tied_wte_saved": ("gpt2", {"target_modules": ["c_attn"], "fan_in_fan_out": True, "modules_to_save": ["wte"]}),
+    "tied_lm_head_lora": ("gpt2", {"target_modules": ["c_attn", "lm_head"], "fan_in_fan_out": True}),
     "bias_all": ("gpt2", {"target_modules": ["c_attn"], "fan_in_fan_out": True, "bias": "all"}),
     "bias_lora_only": ("gpt2", {"target_modules": ["c_attn", "c_fc"], "fan_in_fan_out": True, "bias": "lora_only"}),
     "lora_bias": ("gpt2", {"target_modules": ["c_attn", "c_proj"], "fan_in_fan_out": True, "lora_bias": True}),
 }
+
+#: tensors where we deliberately differ from merge_and_unload: with LoRA on a tied lm_head, PEFT
+#: adds the delta to the shared tensor, changing the input embedding too; we untie and leave the
+#: embedding as it was (so the merged model computes what PeftModel computes)
+DIVERGES_FROM_MERGE_AND_UNLOAD = {"tied_lm_head_lora": {"transformer.wte.weight"}}
 
 
 class Reference:

@@ -17,77 +17,159 @@ PEFT semantics (``peft/tuners/lora/layer.py``, adapter weights loaded as fp32 by
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from math import prod
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
-from patchctl._fs import sha256_file
-from patchctl.bases import INDEX_FILE, header_length, weights_fingerprint
-from patchctl.errors import InvalidInputError
+from patchctl.bases import INDEX_FILE, header_length, parse_safetensors_header, weights_fingerprint
+from patchctl.errors import InvalidInputError, UnsupportedError
 from patchctl.merge._io import TORCH_DTYPES, copy_range, encode_header, pwrite_all, read_tensor, tensor_bytes
-from patchctl.merge._output import MergeResult, atomic_output_dir, write_provenance
-from patchctl.merge._plan import Action, MergePlan, ShardPlan, TensorPlan
+from patchctl.merge._output import FileRecord, MergeResult, atomic_output_dir, write_provenance
+from patchctl.merge._plan import DTYPE_SIZES, Action, MergePlan, ShardPlan, TensorPlan
 from patchctl.merge._progress import MergeProgress, NullProgress
 
 __all__ = ["execute_merge"]
 
 #: test hook: seconds to sleep after each tensor (lets a test kill a merge half-way)
 DELAY_ENV = "PATCHCTL_MERGE_TEST_DELAY"
+#: how much of a touched tensor is read, merged and written at once
+ROW_CHUNK_BYTES = 2 << 20
 
 
 class _AdapterTensors:
-    def __init__(self, path: Path) -> None:
-        self._file: Any = safe_open(str(path), framework="pt")
+    """Adapter tensors read one at a time with plain reads (an mmap would count towards RSS)."""
+
+    def __init__(self, path: Path, header: Mapping[str, Any], max_delta: int) -> None:
+        #: reusable buffers (no allocation churn, so no heap growth): row chunks of touched
+        #: tensors, and the fp32 delta (sized for the largest one)
+        self.scratch = bytearray(2 * ROW_CHUNK_BYTES)
+        self._delta = torch.empty(max_delta, dtype=torch.float32)
+        self._path = path
+        self._header = header
+        self._fd = os.open(path, os.O_RDONLY)
+        self._data = 8 + header_length(os.pread(self._fd, 8, 0))
+
+    def location(self, key: str) -> _Source:
+        info = self._header[key]
+        dtype = str(info["dtype"])
+        if dtype not in TORCH_DTYPES:
+            raise UnsupportedError(f"{self._path}: {key} has dtype {dtype}; adapter tensors must be float")
+        return _Source(self._fd, self._data + int(info["data_offsets"][0]), dtype)
 
     def get(self, key: str) -> torch.Tensor:
-        return self._file.get_tensor(key)  # type: ignore[no-any-return]
+        info = self._header[key]
+        start, end = (int(x) for x in info["data_offsets"])
+        src = self.location(key)
+        return read_tensor(src.fd, src.offset, end - start, src.dtype, tuple(int(d) for d in info["shape"]))
+
+    def lora_product(self, a_key: str, b_key: str) -> torch.Tensor:
+        """``B @ A`` in fp32 (adapter weights upcast as PEFT's autocast_adapter_dtype does),
+        written into the reused delta buffer: the same gemm as ``B @ A``, without a new allocation."""
+        lora_a = self.get(a_key).float()
+        lora_b = self.get(b_key).float()
+        rows, cols = lora_b.shape[0], lora_a.shape[1]
+        out = self._delta[: rows * cols].view(rows, cols)
+        return torch.mm(lora_b, lora_a, out=out)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a touched tensor's starting values are: raw bytes of ``dtype`` at ``offset`` in ``fd``."""
+
+    fd: int
+    offset: int
+    dtype: str
 
 
 def _delta_linear(a: Action, tensors: _AdapterTensors) -> torch.Tensor:
+    """PEFT's Linear.get_delta_weight with fp32 adapter weights: transpose(B @ A, fan_in_fan_out) * s."""
     assert a.pair is not None
-    lora_a = tensors.get(a.pair.a_key).float()
-    lora_b = tensors.get(a.pair.b_key).float()
-    delta = lora_b @ lora_a
+    delta = tensors.lora_product(a.pair.a_key, a.pair.b_key)
     if a.transpose:
         delta = delta.T
     return delta.mul_(a.pair.scaling)  # in place: the same kernel as PEFT's `* scaling`, one buffer less
 
 
-def _merged_tensor(
-    t: TensorPlan, src_fd: int, src_data: int, shard: ShardPlan, tensors: _AdapterTensors
-) -> torch.Tensor:
+def _write_touched(
+    t: TensorPlan, src_fd: int, src_data: int, dst_fd: int, dst_off: int, shard: ShardPlan, tensors: _AdapterTensors
+) -> None:
+    """Merge one tensor and write it at ``dst_off``, streaming its rows in chunks.
+
+    The fp32 deltas are whole tensors (a row-blocked matmul is not bit-identical to PEFT's);
+    the starting values are read, added to and written ROW_CHUNK_BYTES at a time (elementwise,
+    so chunking does not change a bit).
+    """
     dtype = TORCH_DTYPES[t.dtype]
-    w: torch.Tensor | None = None
+    source = _Source(src_fd, src_data + t.src_offsets[0], t.dtype) if t.src_offsets else None
+    adds: list[tuple[torch.Tensor, bool]] = []  # (fp32 addend shaped like t, cast to t's dtype before adding)
     for a in t.actions:
         if a.kind == "replace":
             assert a.replacement is not None
-            w = tensors.get(a.replacement.key).to(dtype).contiguous()
+            source = tensors.location(a.replacement.key)
         elif a.kind == "copy_of":
             src = next(s for s in shard.tensors if s.name == a.source)
             assert src.src_offsets is not None
-            w = read_tensor(src_fd, src_data + src.src_offsets[0], src.nbytes, src.dtype, src.shape)
+            source = _Source(src_fd, src_data + src.src_offsets[0], src.dtype)
         else:
-            if w is None:
-                assert t.src_offsets is not None
-                w = read_tensor(src_fd, src_data + t.src_offsets[0], t.nbytes, t.dtype, t.shape)
             assert a.pair is not None
             if a.kind == "lora_bias":
                 assert a.pair.bias_key is not None
-                w += tensors.get(a.pair.bias_key).float() * a.pair.scaling
+                adds.append((tensors.get(a.pair.bias_key).float() * a.pair.scaling, False))
             elif a.pair.kind == "embedding":
-                lora_a = tensors.get(a.pair.a_key).float()
-                lora_b = tensors.get(a.pair.b_key).float()
-                w += (lora_b @ lora_a).T.mul_(a.pair.scaling).to(dtype)
+                # PEFT's Embedding.merge: W += (transpose(B @ A, True) * s).to(W.dtype): two roundings
+                delta = tensors.lora_product(a.pair.a_key, a.pair.b_key)
+                adds.append((delta.T.mul_(a.pair.scaling), True))
             else:
-                w += _delta_linear(a, tensors)
-    assert w is not None
-    return w
+                adds.append((_delta_linear(a, tensors), False))  # Linear.merge: W += delta: one rounding
+    assert source is not None
+    for d, _ in adds:
+        if tuple(d.shape) != t.shape:  # guarded by the plan; a last line of defence against a wrong merge
+            raise InvalidInputError(f"{t.name}: delta shape {list(d.shape)} differs from {list(t.shape)}")
+    rows = t.shape[0] if t.shape else 1
+    row_elems = prod(t.shape[1:]) if t.shape else 1
+    in_size, out_size = DTYPE_SIZES[source.dtype], DTYPE_SIZES[t.dtype]
+    step = max(1, ROW_CHUNK_BYTES // max(1, row_elems * 4))
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        shape = (r1 - r0, *t.shape[1:]) if t.shape else ()
+        n = (r1 - r0) * row_elems
+        w = read_tensor(
+            source.fd, source.offset + r0 * row_elems * in_size, n * in_size, source.dtype, shape, into=tensors.scratch
+        )
+        if source.dtype != t.dtype:
+            w = w.to(dtype)
+        for d, cast in adds:
+            part = d[r0:r1] if t.shape else d
+            w += part.to(dtype) if cast else part
+        pwrite_all(dst_fd, tensor_bytes(w), dst_off + r0 * row_elems * out_size)
+
+
+def _check_unchanged(path: Path, header: Mapping[str, Any], shard: ShardPlan) -> None:
+    """The base file still has the layout the plan was made from (it may have been replaced since)."""
+    for t in shard.tensors:
+        if t.src_offsets is None:
+            continue
+        info = header.get(t.name)
+        if (
+            not isinstance(info, Mapping)
+            or str(info.get("dtype")) != t.dtype
+            or tuple(info.get("shape", ())) != t.shape
+            or tuple(info.get("data_offsets", ())) != t.src_offsets
+        ):
+            raise InvalidInputError(f"{path}: changed since the merge was planned ({t.name}); plan again")
 
 
 def _write_shard(
@@ -111,6 +193,7 @@ def _write_shard(
     try:
         first8 = os.pread(src_fd, 8, 0)
         src_data = 8 + header_length(first8)
+        _check_unchanged(src_path, parse_safetensors_header(first8 + os.pread(src_fd, src_data - 8, 8)), shard)
         dst_fd = os.open(out / shard.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             pwrite_all(dst_fd, head, 0)
@@ -146,24 +229,11 @@ def _write_shard(
                     touched += 1
                     progress.advance(1, t.nbytes)
             os.ftruncate(dst_fd, dst_data + end)
-            os.fsync(dst_fd)
         finally:
             os.close(dst_fd)
     finally:
         os.close(src_fd)
     return touched, copied
-
-
-def _write_touched(
-    t: TensorPlan, src_fd: int, src_data: int, dst_fd: int, dst_off: int, shard: ShardPlan, tensors: _AdapterTensors
-) -> None:
-    w = _merged_tensor(t, src_fd, src_data, shard, tensors)
-    if tuple(w.shape) != t.shape:  # guarded by the plan; a last line of defence against a wrong merge
-        raise InvalidInputError(f"{t.name}: merged shape {list(w.shape)} differs from {list(t.shape)}")
-    data = tensor_bytes(w)
-    if len(data) != t.nbytes:
-        raise InvalidInputError(f"{t.name}: merged tensor has {len(data)} bytes, expected {t.nbytes}")
-    pwrite_all(dst_fd, data, dst_off)
 
 
 def _write_config(plan: MergePlan, out: Path) -> None:
@@ -175,6 +245,39 @@ def _write_config(plan: MergePlan, out: Path) -> None:
         if isinstance(text, dict) and key in text:
             text[key] = value
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Few intra-op threads: the ops are small and memory-bound, and the hashing threads need
+    the other cores (oversubscribed OpenMP threads spin). The thread count does not change results."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _finish_file(path: Path, name: str) -> FileRecord:
+    """fsync and hash a written file (runs in a worker thread, overlapping the next shard)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return FileRecord(name, _sha256(path), path.stat().st_size)
+
+
+def _sha256(path: Path) -> str:
+    """sha256 of a file through one small reused buffer (runs in worker threads: keeps their heaps small)."""
+    h = hashlib.sha256()
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
 
 
 def execute_merge(
@@ -189,31 +292,41 @@ def execute_merge(
     """Write the merged model described by ``plan`` to ``out_dir`` (atomically; see the module doc).
 
     ``provenance`` (patch ref, manifest digest, ...) is recorded in ``patchctl.json`` together with
-    the base's weights fingerprint (computed here unless ``base_weights_sha256`` is given), the
-    sha256 and size of every output file, and the tool version.
+    the base's weights fingerprint (computed here unless ``base_weights_sha256`` is given, e.g.
+    from the checks' ``BaseFacts``), the sha256 and size of every output file, and the tool version.
     """
     started = time.monotonic()
     progress = progress or NullProgress()
     delay = float(os.environ.get(DELAY_ENV) or 0)
     out_dir = Path(out_dir).expanduser()
     touched = copied = 0
-    with atomic_output_dir(out_dir, force=force, protect=(plan.base_dir, plan.adapter.path)) as tmp:
-        tensors = _AdapterTensors(plan.adapter.weights_path)
+    with (
+        atomic_output_dir(out_dir, force=force, protect=(plan.base_dir, plan.adapter.path)) as tmp,
+        ThreadPoolExecutor(max_workers=2, thread_name_prefix="patchctl-merge") as pool,
+        _torch_threads(max(1, min(4, (os.cpu_count() or 2) - 2))),
+    ):
+        base_hashes: list[tuple[str, Future[str]]] = []
+        if base_weights_sha256 is None:
+            base_hashes = [(s.file, pool.submit(_sha256, plan.base_dir / s.file)) for s in plan.shards]
+        finished: list[Future[FileRecord]] = []
+        max_delta = max((p.b_shape[0] * p.a_shape[-1] for p in plan.adapter.pairs), default=0)
+        tensors = _AdapterTensors(plan.adapter.weights_path, plan.adapter.header, max_delta)
         progress.start(plan.total_tensors, plan.total_bytes)
         try:
             for shard in plan.shards:
                 t, c = _write_shard(plan, shard, tmp, tensors, progress, delay)
                 touched += t
                 copied += c
+                finished.append(pool.submit(_finish_file, tmp / shard.file, shard.file))
         finally:
             progress.finish()
+            tensors.close()
         if plan.sharded:
             index = dict(plan.index_extra)
             meta = dict(index.get("metadata") or {})
             meta["total_size"] = plan.total_bytes
             index["metadata"] = meta
-            index["weight_map"] = {t.name: s.file for s in plan.shards for t in sorted(s.tensors, key=lambda t: t.name)}
-            index["weight_map"] = dict(sorted(index["weight_map"].items()))
+            index["weight_map"] = dict(sorted((t.name, s.file) for s in plan.shards for t in s.tensors))
             (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
         for name in plan.copied_files:
             if name == "config.json" and plan.config_changes:
@@ -221,13 +334,13 @@ def execute_merge(
             else:
                 _copy_file(plan.base_dir / name, tmp / name)
         if base_weights_sha256 is None:
-            base_weights_sha256 = weights_fingerprint(
-                (s.file, sha256_file(plan.base_dir / s.file)) for s in plan.shards
-            )
+            base_weights_sha256 = weights_fingerprint((name, fut.result()) for name, fut in base_hashes)
+        known = {rec.path: rec for rec in (fut.result() for fut in finished)}
         files, doc = write_provenance(
             tmp,
             kind="merged",
             provenance=provenance,
+            known=known,
             extra={
                 "base": {"path": str(plan.base_dir.resolve()), "weights_sha256": base_weights_sha256},
                 "adapter": {

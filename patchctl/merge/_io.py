@@ -30,8 +30,9 @@ def encode_header(header: Mapping[str, Any]) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-def pread_exact(fd: int, n: int, offset: int) -> bytearray:
-    buf = bytearray(n)
+def pread_exact(fd: int, n: int, offset: int, into: bytearray | None = None) -> bytearray:
+    """Read exactly ``n`` bytes at ``offset``, into ``into`` (reused, at least ``n`` long) or a new buffer."""
+    buf = into if into is not None and len(into) >= n else bytearray(n)
     view = memoryview(buf)
     done = 0
     while done < n:
@@ -49,13 +50,16 @@ def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> No
         done += os.pwrite(fd, view[done:], offset + done)
 
 
-def read_tensor(fd: int, offset: int, nbytes: int, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """One tensor from a safetensors file, read into a fresh writable buffer (no mmap)."""
+def read_tensor(
+    fd: int, offset: int, nbytes: int, dtype: str, shape: tuple[int, ...], *, into: bytearray | None = None
+) -> torch.Tensor:
+    """One tensor from a safetensors file, read with plain reads (no mmap) into a writable buffer:
+    ``into`` when it is large enough (the tensor then aliases it), else a fresh one."""
     tdtype = TORCH_DTYPES[dtype]
     if nbytes == 0:
         return torch.empty(shape, dtype=tdtype)
-    buf = pread_exact(fd, nbytes, offset)
-    return torch.frombuffer(buf, dtype=tdtype).reshape(shape)
+    buf = pread_exact(fd, nbytes, offset, into)
+    return torch.frombuffer(buf, dtype=tdtype, count=nbytes // tdtype.itemsize).reshape(shape)
 
 
 def tensor_bytes(t: torch.Tensor) -> memoryview:

@@ -135,19 +135,28 @@ def atomic_output_dir(out_dir: Path, *, force: bool, protect: tuple[Path, ...] =
         raise
 
 
-def record_files(root: Path) -> tuple[FileRecord, ...]:
-    """sha256 and size of every regular file under ``root`` (relative POSIX paths), sorted."""
+def record_files(root: Path, known: Mapping[str, FileRecord] | None = None) -> tuple[FileRecord, ...]:
+    """sha256 and size of every regular file under ``root`` (relative POSIX paths), sorted.
+
+    ``known`` holds records already computed (the shards, hashed while the merge went on)."""
+    known = known or {}
     records = []
     for p in sorted(root.rglob("*")):
         if p.is_file() and p.name != PROVENANCE_FILE:
-            records.append(FileRecord(p.relative_to(root).as_posix(), sha256_file(p), p.stat().st_size))
+            rel = p.relative_to(root).as_posix()
+            records.append(known[rel] if rel in known else FileRecord(rel, sha256_file(p), p.stat().st_size))
     return tuple(records)
 
 
 def write_provenance(
-    root: Path, *, kind: Literal["merged", "adapter"], provenance: Mapping[str, Any], extra: Mapping[str, Any]
+    root: Path,
+    *,
+    kind: Literal["merged", "adapter"],
+    provenance: Mapping[str, Any],
+    extra: Mapping[str, Any],
+    known: Mapping[str, FileRecord] | None = None,
 ) -> tuple[tuple[FileRecord, ...], dict[str, Any]]:
-    files = record_files(root)
+    files = record_files(root, known)
     doc: dict[str, Any] = {
         "tool": "patchctl",
         "tool_version": __version__,

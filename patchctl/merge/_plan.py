@@ -7,7 +7,10 @@ before a byte is written.
 Tied embeddings (``tie_word_embeddings``, no ``lm_head.weight`` in the files) follow what PEFT's
 ``merge_and_unload`` leaves in memory:
 
-- a LoRA on ``lm_head`` merges into the one shared tensor (the input embedding);
+- a LoRA on ``lm_head`` gives the head its own tensor, embedding + delta, and unties, so the merged
+  model computes what PeftModel computes. (Here, and only here, we differ from PEFT's
+  ``merge_and_unload``, which adds the delta to the shared tensor and so also changes the input
+  embedding: a merged model that no longer behaves like the adapter.)
 - ``modules_to_save`` on ``lm_head`` gives the head its own copy: the output gains an
   ``lm_head.weight`` tensor and ``config.json`` says ``tie_word_embeddings: false``;
 - ``modules_to_save`` on the input embedding likewise unties: ``lm_head.weight`` keeps the old
@@ -278,7 +281,8 @@ def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
         raise UnsupportedError("ensure_weight_tying with a patched tied lm_head is not supported by the merge engine")
     targets = dict(mapping.targets)
     unmatched = list(mapping.unmatched)
-    added: dict[str, tuple[str, Action]] = {}  # new output tensor -> (tensor it sits beside, how it is made)
+    added: dict[str, str] = {}  # a tensor the output gains -> the tied base tensor it starts from
+    actions: dict[str, list[Action]] = {}  # output tensor -> changes, in order
     config_changes: dict[str, Any] = {}
     notes: list[str] = []
     if tied:
@@ -286,17 +290,21 @@ def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
             if not _is_lm_head(t):
                 continue
             unmatched.remove(t)
+            targets[t] = t
+            added[t] = tied
+            config_changes["tie_word_embeddings"] = False
             if any(p.target == t for p in adapter.pairs):
-                targets[t] = tied
-                notes.append(f"{t} is tied to {tied}: its LoRA delta is merged into the shared tensor")
+                actions[t] = [Action("copy_of", source=tied)]
+                notes.append(
+                    f"{t} was tied to {tied}: it gets its own tensor with the LoRA delta and {tied} stays as it "
+                    "was, as the adapter behaves in PeftModel (untied; PEFT's merge_and_unload would change both)"
+                )
             else:
-                rep = next(r for r in adapter.replacements if r.target == t)
-                added[t] = (tied, Action("replace", replacement=rep))
-                config_changes["tie_word_embeddings"] = False
                 notes.append(f"{t} was tied to {tied}; modules_to_save gives it its own tensor (untied)")
         for r in adapter.replacements:
             if r.reason == "modules_to_save" and targets.get(r.target) == tied and _LM_HEAD not in added:
-                added[_LM_HEAD] = (tied, Action("copy_of", source=tied))
+                added[_LM_HEAD] = tied
+                actions[_LM_HEAD] = [Action("copy_of", source=tied)]
                 config_changes["tie_word_embeddings"] = False
                 notes.append(f"{tied} is replaced (modules_to_save) and untied; {_LM_HEAD} keeps the base embedding")
     if unmatched or mapping.ambiguous:
@@ -307,10 +315,7 @@ def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
             parts.append(f"{t} matches several base tensors ({', '.join(cands)})")
         raise InvalidInputError(f"{adapter.path} onto {base_dir}: " + "; ".join(parts))
 
-    actions: dict[str, list[Action]] = {}
     for r in adapter.replacements:
-        if r.target in added:
-            continue
         actions.setdefault(targets[r.target], []).append(Action("replace", replacement=r))
     conv1d_model = str(config.get("model_type")) in _CONV1D_MODEL_TYPES
     for p in adapter.pairs:
@@ -319,11 +324,14 @@ def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
         if p.bias_key:
             actions.setdefault(targets[p.bias_target], []).append(Action("lora_bias", pair=p))
     order = {"replace": 0, "copy_of": 0, "lora": 1, "lora_bias": 2}
-    for base_name, acts in actions.items():
+    for name, acts in actions.items():
+        if any(a.kind == "replace" for a in acts):  # e.g. a saved base_layer for an untied lm_head
+            acts[:] = [a for a in acts if a.kind != "copy_of"]
         acts.sort(key=lambda a: order[a.kind])
-        if sum(a.kind == "lora" for a in acts) > 1 or sum(a.kind == "replace" for a in acts) > 1:
-            raise UnsupportedError(f"{base_name}: more than one adapter tensor lands on it (tied modules?)")
-        _check_shapes(base_name, headers[where[base_name]][base_name], acts, adapter)
+        if sum(a.kind == "lora" for a in acts) > 1 or sum(a.kind in ("replace", "copy_of") for a in acts) > 1:
+            raise UnsupportedError(f"{name}: more than one adapter tensor lands on it (tied modules?)")
+        src = added.get(name, name)
+        _check_shapes(name, headers[where[src]][src], acts, adapter)
 
     shards: list[ShardPlan] = []
     for f in files:
@@ -341,16 +349,11 @@ def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
                     actions=tuple(actions.get(name, ())),
                 )
             )
-        for new_name, (beside, action) in sorted(added.items()):
+        for new_name, beside in sorted(added.items()):
             if where[beside] == f:
                 info = h[beside]
                 shape = tuple(int(d) for d in info["shape"])
-                if action.replacement is not None and action.replacement.shape != shape:
-                    raise InvalidInputError(
-                        f"{action.replacement.key}: shape {list(action.replacement.shape)} differs from "
-                        f"{beside} {list(shape)}"
-                    )
-                tensors.append(TensorPlan(new_name, str(info["dtype"]), shape, None, (action,)))
+                tensors.append(TensorPlan(new_name, str(info["dtype"]), shape, None, tuple(actions[new_name])))
         for tp in tensors:
             if tp.dtype not in DTYPE_SIZES:
                 raise UnsupportedError(f"{f}: tensor {tp.name} has dtype {tp.dtype}, which patchctl cannot copy")

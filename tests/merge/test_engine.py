@@ -258,3 +258,16 @@ def test_quantized_tensor_refused(pico_llama: Path, llama_adapter: Path, tmp_pat
     save_file(tensors, base / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(UnsupportedError, match="quantized"):
         plan_merge(read_adapter(llama_adapter), base)
+
+
+def test_base_changed_after_planning_refused(pico_llama: Path, llama_adapter: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    base = tmp_path / "base"
+    shutil.copytree(pico_llama, base)
+    plan = plan_merge(read_adapter(llama_adapter), base)
+    tensors = load_file(base / "model.safetensors")
+    save_file({k: v.half() for k, v in tensors.items()}, base / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(InvalidInputError, match="changed since the merge was planned"):
+        execute_merge(plan, tmp_path / "out", provenance={})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]
