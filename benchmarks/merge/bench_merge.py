@@ -40,8 +40,13 @@ from patchctl.merge._io import encode_header, tensor_bytes  # noqa: E402
 
 
 def engine_cmd(adapter: Path, base: Path, out: Path) -> list[str]:
-    """The command under test (a). Switch to ``["patchctl", "install", ...]`` when it exists."""
-    return [sys.executable, "-m", "patchctl.merge", str(adapter), str(base), str(out), "--no-progress"]
+    """The command under test (a): ``patchctl install`` of the adapter directory onto the base,
+    checks included (a throwaway catalog beside the output)."""
+    home = out.parent / f"{out.name}-home"
+    return [
+        sys.executable, "-m", "patchctl", "--home", str(home),
+        "install", str(adapter), "--onto", str(base), "--out", str(out), "--json",
+    ]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -285,7 +290,7 @@ def run(workdir: Path, small: bool) -> dict[str, Any]:
         f"base {first.name}: {size / 2**30:.2f} GiB in {len(list(base.glob('*.safetensors')))} shards", file=sys.stderr
     )
     for label, cmd, out in (
-        ("patchctl merge", engine_cmd(adapter, base, workdir / "out-ours"), workdir / "out-ours"),
+        ("patchctl install", engine_cmd(adapter, base, workdir / "out-ours"), workdir / "out-ours"),
         ("PEFT merge_and_unload", peft_cmd(adapter, base, workdir / "out-peft"), workdir / "out-peft"),
         ("cp -r", cp_cmd(base, workdir / "out-cp"), workdir / "out-cp"),
     ):
@@ -306,12 +311,12 @@ def run(workdir: Path, small: bool) -> dict[str, Any]:
     print(f"base {second.name}: {big_size / 2**30:.2f} GiB", file=sys.stderr)
     os.sync()
     row = {
-        "run": "patchctl merge",
+        "run": "patchctl install",
         "base": second.name,
         "base_bytes": big_size,
         **measure(engine_cmd(big_adapter, big, workdir / "out-big")),
     }
-    print(f"  patchctl merge: {row['wall_s']:.2f} s, {row['peak_rss_mib']:.0f} MiB", file=sys.stderr)
+    print(f"  patchctl install: {row['wall_s']:.2f} s, {row['peak_rss_mib']:.0f} MiB", file=sys.stderr)
     results["rows"].append(row)
     shutil.rmtree(workdir / "out-big", ignore_errors=True)
     shutil.rmtree(big)
