@@ -20,7 +20,7 @@ that one of them does not understand is refused by both.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from math import prod
 from pathlib import Path
@@ -36,9 +36,11 @@ __all__ = [
     "BaseMapping",
     "LoraPair",
     "Replacement",
+    "is_lm_head",
     "map_to_base",
     "read_adapter",
     "resolve_base_name",
+    "tied_embedding",
 ]
 
 PEFT_PREFIX = "base_model.model."
@@ -230,21 +232,55 @@ def resolve_base_name(name: str, base_names: Iterable[str] | set[str]) -> tuple[
     return (cands[0] if len(cands) == 1 else None), cands
 
 
+LM_HEAD = "lm_head.weight"
+#: input-embedding tensor names of common architectures, for tied lm_head handling
+EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight")
+
+
+def is_lm_head(target: str) -> bool:
+    return target == LM_HEAD or target.endswith("." + LM_HEAD)
+
+
+def _ties_word_embeddings(config: Mapping[str, Any]) -> bool:
+    text = config.get("text_config")
+    for src in (config, text if isinstance(text, Mapping) else {}):
+        if "tie_word_embeddings" in src:
+            return bool(src["tie_word_embeddings"])
+    return True  # transformers' PretrainedConfig default
+
+
+def tied_embedding(config: Mapping[str, Any], base_names: Iterable[str]) -> str | None:
+    """The input-embedding tensor that also serves as the output head (a tied base stores no
+    ``lm_head.weight``), or None if the base is not tied."""
+    names = set(base_names)
+    if any(is_lm_head(n) for n in names) or not _ties_word_embeddings(config):
+        return None
+    cands = sorted(n for n in names if n.endswith(EMBEDDING_SUFFIXES))
+    return cands[0] if len(cands) == 1 else None
+
+
 @dataclass(frozen=True)
 class BaseMapping:
-    """Where each adapter tensor lands in a base. ``targets`` maps adapter target → base tensor name."""
+    """Where each adapter tensor lands in a base. ``targets`` maps adapter target → base tensor name;
+    ``tied`` maps an ``lm_head`` target of a tied base (no lm_head tensor) → the shared embedding
+    tensor: the merge gives the head its own tensor (untied), as the adapter behaves in PeftModel."""
 
     targets: dict[str, str] = field(default_factory=dict)
     unmatched: tuple[str, ...] = ()
     ambiguous: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    tied: dict[str, str] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
         return not self.unmatched and not self.ambiguous
 
 
-def map_to_base(layout: AdapterLayout, base_names: Iterable[str]) -> BaseMapping:
-    """Map every LoRA target (weight, and bias for lora_bias) and every replacement onto base tensors."""
+def map_to_base(
+    layout: AdapterLayout, base_names: Iterable[str], config: Mapping[str, Any] | None = None
+) -> BaseMapping:
+    """Map every LoRA target (weight, and bias for lora_bias) and every replacement onto base tensors.
+
+    With the base's ``config`` an ``lm_head`` target on a tied base maps through ``tied``."""
     names = set(base_names)
     wanted: list[str] = []
     for p in layout.pairs:
@@ -263,4 +299,9 @@ def map_to_base(layout: AdapterLayout, base_names: Iterable[str]) -> BaseMapping
             ambiguous[t] = tuple(cands)
         else:
             unmatched.append(t)
-    return BaseMapping(targets=targets, unmatched=tuple(unmatched), ambiguous=ambiguous)
+    tied: dict[str, str] = {}
+    shared = tied_embedding(config, names) if config is not None else None
+    if shared is not None:
+        tied = {t: shared for t in unmatched if is_lm_head(t)}
+        unmatched = [t for t in unmatched if t not in tied]
+    return BaseMapping(targets=targets, unmatched=tuple(unmatched), ambiguous=ambiguous, tied=tied)

@@ -215,7 +215,7 @@ def prepare_push(
     base_dir = Path(base_dir).expanduser()
     with _hash_progress(base_dir, show_progress) as progress:
         facts = read_local_base(base_dir, revision=base_revision, progress=progress)
-    mapping = map_to_base(layout, facts.tensors)
+    mapping = map_to_base(layout, facts.tensors, facts.config)
     if not mapping.complete:
         missing = [*mapping.unmatched, *mapping.ambiguous][:5]
         raise AdapterError(

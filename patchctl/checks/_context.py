@@ -35,7 +35,7 @@ class CheckContext:
 
     @cached_property
     def mapping(self) -> BaseMapping:
-        return map_to_base(self.adapter, self.base.tensors)
+        return map_to_base(self.adapter, self.base.tensors, self.base.config)
 
     @cached_property
     def vocab_targets(self) -> tuple[str, ...]:

@@ -27,7 +27,7 @@ from math import prod
 from pathlib import Path
 from typing import Any, Literal
 
-from patchctl.adapter import AdapterLayout, LoraPair, Replacement, map_to_base
+from patchctl.adapter import LM_HEAD, AdapterLayout, LoraPair, Replacement, is_lm_head, map_to_base, tied_embedding
 from patchctl.bases import INDEX_FILE, read_safetensors_header, weight_file_names
 from patchctl.errors import InvalidInputError, UnsupportedError
 
@@ -57,9 +57,6 @@ FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 # other weight formats: never copied into a merged directory (they would hold the unmerged base)
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx", ".ot")
 _WEIGHT_INDEX_SUFFIXES = (".bin.index.json", ".h5.index.json", ".msgpack.index.json", ".safetensors.index.json")
-# input-embedding tensor names of common architectures, for tied lm_head handling
-_EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight")
-_LM_HEAD = "lm_head.weight"
 # transformers model types whose attention/MLP layers are Conv1D (weight stored as (in, out)); PEFT
 # forces fan_in_fan_out=True on Conv1D and False on nn.Linear whatever the adapter config says
 _CONV1D_MODEL_TYPES = ("gpt2", "openai-gpt", "decision_transformer", "imagegpt")
@@ -194,26 +191,6 @@ def _read_config(base_dir: Path) -> dict[str, Any]:
     return config
 
 
-def _tie_flag(config: Mapping[str, Any]) -> bool:
-    text = config.get("text_config")
-    for src in (config, text if isinstance(text, Mapping) else {}):
-        if "tie_word_embeddings" in src:
-            return bool(src["tie_word_embeddings"])
-    return True  # transformers' PretrainedConfig default
-
-
-def _tied_embedding(config: Mapping[str, Any], names: set[str]) -> str | None:
-    """The input-embedding tensor that also serves as the output head, or None if not tied."""
-    if any(n == _LM_HEAD or n.endswith("." + _LM_HEAD) for n in names) or not _tie_flag(config):
-        return None
-    cands = sorted(n for n in names if n.endswith(_EMBEDDING_SUFFIXES))
-    return cands[0] if len(cands) == 1 else None
-
-
-def _is_lm_head(target: str) -> bool:
-    return target == _LM_HEAD or target.endswith("." + _LM_HEAD)
-
-
 def _classify_base_files(base_dir: Path, weight_files: list[str]) -> tuple[list[str], dict[str, str]]:
     copied: list[str] = []
     skipped: dict[str, str] = {}
@@ -268,14 +245,13 @@ def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
                 where[name] = f
     names = set(where)
 
-    mapping = map_to_base(adapter, names)
-    tied = _tied_embedding(config, names)
+    mapping = map_to_base(adapter, names, config)
+    tied = tied_embedding(config, names)
     if (
         adapter.config.raw.get("ensure_weight_tying")
         and tied
         and (
-            any(_is_lm_head(r.target) for r in adapter.replacements)
-            or any(_is_lm_head(p.target) for p in adapter.pairs)
+            any(is_lm_head(r.target) for r in adapter.replacements) or any(is_lm_head(p.target) for p in adapter.pairs)
         )
     ):
         raise UnsupportedError("ensure_weight_tying with a patched tied lm_head is not supported by the merge engine")
@@ -286,10 +262,7 @@ def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
     config_changes: dict[str, Any] = {}
     notes: list[str] = []
     if tied:
-        for t in list(unmatched):
-            if not _is_lm_head(t):
-                continue
-            unmatched.remove(t)
+        for t in mapping.tied:
             targets[t] = t
             added[t] = tied
             config_changes["tie_word_embeddings"] = False
@@ -302,11 +275,11 @@ def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
             else:
                 notes.append(f"{t} was tied to {tied}; modules_to_save gives it its own tensor (untied)")
         for r in adapter.replacements:
-            if r.reason == "modules_to_save" and targets.get(r.target) == tied and _LM_HEAD not in added:
-                added[_LM_HEAD] = tied
-                actions[_LM_HEAD] = [Action("copy_of", source=tied)]
+            if r.reason == "modules_to_save" and targets.get(r.target) == tied and LM_HEAD not in added:
+                added[LM_HEAD] = tied
+                actions[LM_HEAD] = [Action("copy_of", source=tied)]
                 config_changes["tie_word_embeddings"] = False
-                notes.append(f"{tied} is replaced (modules_to_save) and untied; {_LM_HEAD} keeps the base embedding")
+                notes.append(f"{tied} is replaced (modules_to_save) and untied; {LM_HEAD} keeps the base embedding")
     if unmatched or mapping.ambiguous:
         parts = []
         if unmatched:
@@ -319,7 +292,7 @@ def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
         actions.setdefault(targets[r.target], []).append(Action("replace", replacement=r))
     conv1d_model = str(config.get("model_type")) in _CONV1D_MODEL_TYPES
     for p in adapter.pairs:
-        transpose = p.kind == "linear" and conv1d_model and not _is_lm_head(p.target)
+        transpose = p.kind == "linear" and conv1d_model and not is_lm_head(p.target)
         actions.setdefault(targets[p.target], []).append(Action("lora", pair=p, transpose=transpose))
         if p.bias_key:
             actions.setdefault(targets[p.bias_target], []).append(Action("lora_bias", pair=p))
