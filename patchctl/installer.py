@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from patchctl import __version__
 from patchctl.errors import CheckFailedError, InvalidInputError, NotFoundError
@@ -25,6 +25,9 @@ from patchctl.schemas.manifest import MANIFEST_FILE, Manifest
 from patchctl.schemas.refs import HubRef, PatchRef, PathRef, RemoteRef, parse_base_ref, parse_patch_ref
 from patchctl.schemas.report import CompatReport
 from patchctl.settings import Settings
+
+if TYPE_CHECKING:
+    from patchctl.merge import MergePlan
 
 __all__ = ["CheckOutcome", "InstallOutcome", "check", "install"]
 
@@ -82,7 +85,8 @@ def _patch_source(settings: Settings, text: str, *, progress: bool) -> Iterator[
             raise NotFoundError(f"{adapter_dir}: no such adapter directory")
         mpath = adapter_dir / MANIFEST_FILE
         manifest = Manifest.read(mpath) if mpath.is_file() else None
-        yield PatchSource(str(adapter_dir), adapter_dir, manifest, None)
+        # an absolute path: the ref lands in reports and provenance, read later from elsewhere
+        yield PatchSource(str(adapter_dir.resolve()), adapter_dir, manifest, None)
         return
     if isinstance(ref, (HubRef, RemoteRef)):
         version = api.pull(settings, text, progress=progress).version
@@ -137,6 +141,15 @@ def _run(settings: Settings, source: PatchSource, target: TargetBase) -> CheckOu
     return CheckOutcome(report, report_id, source.ref, target.ref)
 
 
+def _plan_summary(plan: MergePlan | None, source: PatchSource) -> dict[str, Any] | None:
+    """The plan as data, naming the patch by its ref (its adapter directory is a temporary copy)."""
+    if plan is None:
+        return None
+    summary = plan.summary()
+    summary["adapter"] = source.ref
+    return summary
+
+
 def check(settings: Settings, patch: str, *, onto: str, progress: bool = True) -> CheckOutcome:
     """Run every compatibility check of ``patch`` against the base ``onto`` (a directory or hf://)."""
     target = _target_base(onto, progress=progress)
@@ -189,8 +202,7 @@ def install(
         }
         plan = plan_merge(layout, target.local_dir) if format == "merged" and target.local_dir else None
         if dry_run:
-            summary = plan.summary() if plan is not None else None
-            return InstallOutcome(outcome, format, out, True, forced, summary, None, None)
+            return InstallOutcome(outcome, format, out, True, forced, _plan_summary(plan, source), None, None)
         assert out is not None
         if format == "merged":
             if plan is None:  # a Hub base: download only now that the checks passed
@@ -227,5 +239,6 @@ def install(
                     forced=forced,
                     report_id=outcome.report_id,
                 ).id
-        summary = plan.summary() if plan is not None else None
-        return InstallOutcome(outcome, format, result.out_dir, False, forced, summary, result.to_dict(), install_id)
+        return InstallOutcome(
+            outcome, format, result.out_dir, False, forced, _plan_summary(plan, source), result.to_dict(), install_id
+        )

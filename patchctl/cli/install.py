@@ -126,8 +126,13 @@ def install_cmd(
         return
     assert outcome.result is not None
     res = outcome.result
+    what = (
+        f"{res['tensors_touched']} tensors merged"
+        if outcome.format == "merged"
+        else f"rebased adapter ({len(res['files'])} files)"
+    )
     err_console().print(
-        f"installed {outcome.check.patch} onto {outcome.check.base}: {res['tensors_touched']} tensors merged, "
+        f"installed {outcome.check.patch} onto {outcome.check.base}: {what}, "
         f"{res['bytes_written']} bytes in {res['seconds']} s",
         markup=False,
         highlight=False,
