@@ -9,6 +9,7 @@ recorded as such), then merges (``--format merged``) or writes a rebased adapter
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -74,6 +75,27 @@ class InstallOutcome:
     install_id: int | None
 
 
+_MATERIALIZE_PREFIX = ".materialize-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clean_stale_materializations(home: Path) -> None:
+    """Remove the adapter copies of checks/installs that were killed (their process is gone)."""
+    for entry in home.glob(f"{_MATERIALIZE_PREFIX}*-*"):
+        pid = entry.name[len(_MATERIALIZE_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 @contextmanager
 def _patch_source(settings: Settings, text: str, *, progress: bool) -> Iterator[PatchSource]:
     from patchctl import api
@@ -98,7 +120,8 @@ def _patch_source(settings: Settings, text: str, *, progress: bool) -> Iterator[
         if version.yanked:
             log.warning("%s is yanked%s", version.ref, f": {version.yank_reason}" if version.yank_reason else "")
     settings.home.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".materialize-", dir=settings.home))
+    _clean_stale_materializations(settings.home)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_MATERIALIZE_PREFIX}{os.getpid()}-", dir=settings.home))
     try:
         adapter_dir = api.materialize_version(settings, version, tmp / "adapter")
         yield PatchSource(version.ref, adapter_dir, version.manifest, version)

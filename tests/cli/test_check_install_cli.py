@@ -366,10 +366,12 @@ def test_killed_install_leaves_nothing_and_retry_succeeds(
             proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()
+    assert list(home.glob(".materialize-*"))  # the killed run's copy of the adapter
     assert _show(home, None)["installs"] == []
     r = _cli(home, None, "install", NAME, "--onto", pico_llama_sharded, "--out", out)
     assert r.code == 0, r.stderr
     assert sorted(p.name for p in dest.iterdir()) == ["out"]  # the killed run's temporary sibling is gone
+    assert not list(home.glob(".materialize-*"))  # and so is its adapter copy
     assert (out / "model.safetensors.index.json").is_file()
     installs = _show(home, None)["installs"]
     assert isinstance(installs, list) and len(installs) == 1
