@@ -95,8 +95,11 @@ def install_cmd(
         )
     except PatchctlError as exc:
         report = getattr(exc, "report", None)
-        if isinstance(report, CompatReport) and not as_json:
-            render_report(report, to_stderr=True)
+        if isinstance(report, CompatReport):
+            if as_json:  # the data a script needs to see why: the report, on stdout like `check --json`
+                print_json({"installed": False, "report": report_json(report)})
+            else:
+                render_report(report, to_stderr=True)
         raise
     report = outcome.check.report
     if as_json:

@@ -109,7 +109,10 @@ def test_failing_pair_check_and_install_exit_21(
     assert "CHECK" in r.stderr and "refusing to install" in r.stderr and "--force" in r.stderr
     assert not (tmp_path / "dest").exists()
     r = _cli(home, None, "install", NAME, "--onto", pico_gpt2, "--out", out, "--json")
-    assert r.code == 21 and r.stdout == "" and not (tmp_path / "dest").exists()
+    assert r.code == 21 and not (tmp_path / "dest").exists()
+    refused = json.loads(r.stdout)
+    assert refused["installed"] is False and refused["report"]["status"] == "fail"
+    assert refused["report"]["exit_code"] == 21 and "refusing to install" in r.stderr
     assert _show(home, None)["installs"] == []
 
 
