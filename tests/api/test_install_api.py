@@ -284,3 +284,26 @@ def test_bad_arguments(local_settings: Settings, llama_adapter: Path, pico_llama
     with pytest.raises(NotFoundError):
         api.check(local_settings, "acme/missing", onto=str(pico_llama), progress=False)
     assert not (tmp_path / "o").exists()
+
+
+def test_refs_resolve_exact_specifier_and_alias(
+    local_settings: Settings, llama_adapter: Path, llama_adapter_v2: Path, pico_llama: Path, tmp_path: Path
+) -> None:
+    _push(local_settings, llama_adapter, pico_llama, "1.0.0")
+    _push(local_settings, llama_adapter_v2, pico_llama, "1.1.0")
+    api.alias_set(local_settings, f"{NAME}==1.0.0", "stable")
+    for ref, want in (
+        (NAME, "1.1.0"),
+        (f"{NAME}==1.0.*", "1.0.0"),
+        (f"{NAME}@stable", "1.0.0"),
+        (f"{NAME}@1.1.0", "1.1.0"),
+    ):
+        out = tmp_path / want / ref.replace("/", "_")
+        outcome = api.install(local_settings, ref, onto=str(pico_llama), out=out, progress=False)
+        assert outcome.check.patch == f"{NAME}=={want}", ref
+        prov = json.loads((out / "patchctl.json").read_text())["provenance"]
+        assert prov["patch"] == f"{NAME}=={want}"
+    v1 = load_file(tmp_path / "1.0.0" / "acme_sst2@stable" / "model.safetensors")
+    v11 = load_file(tmp_path / "1.1.0" / "acme_sst2" / "model.safetensors")
+    assert not torch.equal(v1["model.layers.0.self_attn.q_proj.weight"], v11["model.layers.0.self_attn.q_proj.weight"])
+    assert len(api.show(local_settings, f"{NAME}==1.0.0").installs) == 2

@@ -378,3 +378,25 @@ def test_killed_install_leaves_nothing_and_retry_succeeds(
     assert (out / "model.safetensors.index.json").is_file()
     installs = _show(home, None)["installs"]
     assert isinstance(installs, list) and len(installs) == 1
+
+
+def test_install_from_a_directory_remote_into_a_fresh_home(
+    llama_adapter: Path, pico_llama: Path, tmp_path: Path
+) -> None:
+    publisher, deployer = tmp_path / "publisher", tmp_path / "deployer"
+    registry = f"file://{tmp_path / 'registry'}"
+    r = _cli(publisher, None, "push", llama_adapter, "--name", NAME, "--version", "1.0.0", "--task", "t",
+             "--base", pico_llama, "--to", registry)  # fmt: skip
+    assert r.code == 0, r.stderr
+    out = tmp_path / "out"
+    r = _cli(deployer, None, "install", f"{registry}/{NAME}@1.0.0", "--onto", pico_llama, "--out", out, "--json")
+    assert r.code == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["report"]["patch"] == f"{NAME}==1.0.0" and data["install_id"] is not None
+    installs = _show(deployer, None)["installs"]
+    assert isinstance(installs, list) and [i["out_path"] for i in installs] == [str(out)]
+    merged = load_file(out / "model.safetensors")
+    r = _cli(tmp_path / "other", None, "install", llama_adapter, "--onto", pico_llama, "--out", tmp_path / "o2")
+    assert r.code == 0, r.stderr
+    direct = load_file(tmp_path / "o2" / "model.safetensors")
+    assert all(torch.equal(merged[k], direct[k]) for k in direct)
