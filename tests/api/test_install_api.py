@@ -307,3 +307,15 @@ def test_refs_resolve_exact_specifier_and_alias(
     v11 = load_file(tmp_path / "1.1.0" / "acme_sst2" / "model.safetensors")
     assert not torch.equal(v1["model.layers.0.self_attn.q_proj.weight"], v11["model.layers.0.self_attn.q_proj.weight"])
     assert len(api.show(local_settings, f"{NAME}==1.0.0").installs) == 2
+
+
+@pytest.mark.parametrize("fixture", ["ia3_adapter", "lokr_adapter"])
+def test_other_peft_types_are_refused_even_with_force(
+    local_settings: Settings, pico_llama: Path, tmp_path: Path, fixture: str, request: pytest.FixtureRequest
+) -> None:
+    adapter: Path = request.getfixturevalue(fixture)
+    out = tmp_path / "dest" / "out"
+    with pytest.raises(UnsupportedError, match="not LoRA") as exc:
+        api.install(local_settings, str(adapter), onto=str(pico_llama), out=out, force=True, progress=False)
+    assert exc.value.exit_code == 6
+    assert not (tmp_path / "dest").exists()
