@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import picomodels
 import pytest
 import torch
+from hubserver import HubServer
 from safetensors.torch import load_file
 
 from patchctl import api
@@ -319,3 +321,52 @@ def test_other_peft_types_are_refused_even_with_force(
         api.install(local_settings, str(adapter), onto=str(pico_llama), out=out, force=True, progress=False)
     assert exc.value.exit_code == 6
     assert not (tmp_path / "dest").exists()
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
+    """A Hub-compatible server on 127.0.0.1 (LFS, no Xet); HF_ENDPOINT points at it."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    server = HubServer(tmp_path / "hub-storage").start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def test_hub_base_checked_from_headers_then_downloaded_for_install(
+    hub: HubServer,
+    local_settings: Settings,
+    llama_adapter: Path,
+    pico_llama: Path,
+    pico_llama_updated: Path,
+    tmp_path: Path,
+) -> None:
+    _push(local_settings, llama_adapter, pico_llama)
+    commit = hub.seed_repo("acme/pico-llama-v2", pico_llama_updated)
+    weights = (pico_llama_updated / "model.safetensors").stat().st_size
+    hub.reset_counters()
+    outcome = api.check(local_settings, NAME, onto="hf://acme/pico-llama-v2", progress=False)
+    assert outcome.report.status == "warn"  # unrecorded lineage; every structural check passes
+    assert [r.name for r in outcome.report.results if r.status != "pass"] == ["lineage"]
+    assert outcome.report.base_revision == commit
+    [read] = [r for r in hub.requests_for("resolve") if r.path.endswith("/model.safetensors")]
+    assert read.range is not None and read.bytes_out < weights  # a range read of the header, not the weights
+
+    out = tmp_path / "merged"
+    res = api.install(local_settings, NAME, onto="hf://acme/pico-llama-v2", out=out, progress=False)
+    assert res.result is not None and res.result["tensors_touched"] == 4
+    expected = _theta_plus_delta(pico_llama_updated, llama_adapter)
+    merged = load_file(out / "model.safetensors")
+    assert all(torch.equal(merged[k], expected[k]) for k in expected)
+    prov = json.loads((out / "patchctl.json").read_text())["provenance"]
+    assert (prov["base_source"], prov["base_revision"]) == ("hf://acme/pico-llama-v2", commit)
+
+    rebased = tmp_path / "rebased"
+    api.install(local_settings, NAME, onto="hf://acme/pico-llama-v2", out=rebased, format="adapter", progress=False)
+    cfg = json.loads((rebased / "adapter_config.json").read_text())
+    assert (cfg["base_model_name_or_path"], cfg["revision"]) == ("acme/pico-llama-v2", commit)
