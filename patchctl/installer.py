@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from patchctl import __version__
-from patchctl.errors import CheckFailedError, InvalidInputError, NotFoundError
+from patchctl.errors import CheckFailedError, ConflictError, InvalidInputError, NotFoundError
 from patchctl.registry.records import VersionInfo
 from patchctl.schemas.base import BaseFacts
 from patchctl.schemas.manifest import MANIFEST_FILE, Manifest
@@ -200,6 +200,11 @@ def install(
         raise InvalidInputError(f"--format {format!r}: expected 'merged' or 'adapter'")
     if out is None and not dry_run:
         raise InvalidInputError("--out DIR is required (or use --dry-run)")
+    if out is not None:
+        out = Path(os.path.abspath(Path(out).expanduser()))
+        if not dry_run and not force and (out.exists() or out.is_symlink()):
+            # fail before fingerprinting the base (minutes for a large one); the engine checks again
+            raise ConflictError(f"{out} already exists", hint="pass --force to replace it")
     target = _target_base(onto, progress=progress)
     with _patch_source(settings, patch, progress=progress) as source:
         outcome = _run(settings, source, target)

@@ -178,6 +178,7 @@ def test_dry_run_plans_and_writes_nothing(
     out = tmp_path / "out"
     outcome = api.install(local_settings, NAME, onto=str(pico_llama), out=out, dry_run=True, progress=False)
     assert outcome.dry_run and outcome.result is None and outcome.install_id is None
+    assert outcome.out_dir == out
     assert outcome.plan is not None
     assert (outcome.plan["tensors_touched"], outcome.plan["tensors_total"]) == (4, 21)
     assert outcome.plan["adapter"] == f"{NAME}==1.0.0"
@@ -221,6 +222,9 @@ def test_existing_out_is_refused_then_replaced_with_force(
     with pytest.raises(ConflictError, match="already exists"):
         api.install(local_settings, str(llama_adapter), onto=str(pico_llama), out=out, progress=False)
     assert (out / "keep.txt").read_text() == "mine"
+    # refused before any work: even a base that does not exist is not looked at
+    with pytest.raises(ConflictError, match="already exists"):
+        api.install(local_settings, str(llama_adapter), onto=str(tmp_path / "no-base"), out=out, progress=False)
     api.install(local_settings, str(llama_adapter), onto=str(pico_llama), out=out, force=True, progress=False)
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "out"]
