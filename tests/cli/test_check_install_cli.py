@@ -96,7 +96,7 @@ def test_check_pass_then_lineage_warn_until_recorded(
 
 
 def test_failing_pair_check_and_install_exit_21(
-    home: Path, llama_adapter: Path, pico_llama: Path, pico_gpt2: Path, tmp_path: Path
+    home: Path, llama_adapter: Path, pico_llama: Path, pico_gpt2: Path, other_vocab_llama: Path, tmp_path: Path
 ) -> None:
     _pushed(home, None, llama_adapter, pico_llama)
     r = _cli(home, None, "check", NAME, "--onto", pico_gpt2)
@@ -113,6 +113,12 @@ def test_failing_pair_check_and_install_exit_21(
     refused = json.loads(r.stdout)
     assert refused["installed"] is False and refused["report"]["status"] == "fail"
     assert refused["report"]["exit_code"] == 21 and "refusing to install" in r.stderr
+    # a dry run of a refused install is refused the same way (with --force it shows the plan)
+    r = _cli(home, None, "install", NAME, "--onto", other_vocab_llama, "--dry-run")
+    assert r.code == 21 and "vocab" in r.stderr and r.stdout == ""
+    r = _cli(home, None, "install", NAME, "--onto", other_vocab_llama, "--dry-run", "--force")
+    assert r.code == 0 and "4 of 21 tensors touched" in r.stdout
+    assert not (tmp_path / "dest").exists()
     assert _show(home, None)["installs"] == []
 
 
