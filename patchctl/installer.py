@@ -9,22 +9,26 @@ recorded as such), then merges (``--format merged``) or writes a rebased adapter
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from patchctl import __version__
-from patchctl.errors import CheckFailedError, InvalidInputError, NotFoundError
+from patchctl.errors import CheckFailedError, ConflictError, InvalidInputError, NotFoundError
 from patchctl.registry.records import VersionInfo
 from patchctl.schemas.base import BaseFacts
 from patchctl.schemas.manifest import MANIFEST_FILE, Manifest
 from patchctl.schemas.refs import HubRef, PatchRef, PathRef, RemoteRef, parse_base_ref, parse_patch_ref
 from patchctl.schemas.report import CompatReport
 from patchctl.settings import Settings
+
+if TYPE_CHECKING:
+    from patchctl.merge import MergePlan
 
 __all__ = ["CheckOutcome", "InstallOutcome", "check", "install"]
 
@@ -71,6 +75,27 @@ class InstallOutcome:
     install_id: int | None
 
 
+_MATERIALIZE_PREFIX = ".materialize-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clean_stale_materializations(home: Path) -> None:
+    """Remove the adapter copies of checks/installs that were killed (their process is gone)."""
+    for entry in home.glob(f"{_MATERIALIZE_PREFIX}*-*"):
+        pid = entry.name[len(_MATERIALIZE_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 @contextmanager
 def _patch_source(settings: Settings, text: str, *, progress: bool) -> Iterator[PatchSource]:
     from patchctl import api
@@ -82,7 +107,8 @@ def _patch_source(settings: Settings, text: str, *, progress: bool) -> Iterator[
             raise NotFoundError(f"{adapter_dir}: no such adapter directory")
         mpath = adapter_dir / MANIFEST_FILE
         manifest = Manifest.read(mpath) if mpath.is_file() else None
-        yield PatchSource(str(adapter_dir), adapter_dir, manifest, None)
+        # an absolute path: the ref lands in reports and provenance, read later from elsewhere
+        yield PatchSource(str(adapter_dir.resolve()), adapter_dir, manifest, None)
         return
     if isinstance(ref, (HubRef, RemoteRef)):
         version = api.pull(settings, text, progress=progress).version
@@ -94,7 +120,8 @@ def _patch_source(settings: Settings, text: str, *, progress: bool) -> Iterator[
         if version.yanked:
             log.warning("%s is yanked%s", version.ref, f": {version.yank_reason}" if version.yank_reason else "")
     settings.home.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".materialize-", dir=settings.home))
+    _clean_stale_materializations(settings.home)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_MATERIALIZE_PREFIX}{os.getpid()}-", dir=settings.home))
     try:
         adapter_dir = api.materialize_version(settings, version, tmp / "adapter")
         yield PatchSource(version.ref, adapter_dir, version.manifest, version)
@@ -137,6 +164,15 @@ def _run(settings: Settings, source: PatchSource, target: TargetBase) -> CheckOu
     return CheckOutcome(report, report_id, source.ref, target.ref)
 
 
+def _plan_summary(plan: MergePlan | None, source: PatchSource) -> dict[str, Any] | None:
+    """The plan as data, naming the patch by its ref (its adapter directory is a temporary copy)."""
+    if plan is None:
+        return None
+    summary = plan.summary()
+    summary["adapter"] = source.ref
+    return summary
+
+
 def check(settings: Settings, patch: str, *, onto: str, progress: bool = True) -> CheckOutcome:
     """Run every compatibility check of ``patch`` against the base ``onto`` (a directory or hf://)."""
     target = _target_base(onto, progress=progress)
@@ -164,6 +200,11 @@ def install(
         raise InvalidInputError(f"--format {format!r}: expected 'merged' or 'adapter'")
     if out is None and not dry_run:
         raise InvalidInputError("--out DIR is required (or use --dry-run)")
+    if out is not None:
+        out = Path(os.path.abspath(Path(out).expanduser()))
+        if not dry_run and not force and (out.exists() or out.is_symlink()):
+            # fail before fingerprinting the base (minutes for a large one); the engine checks again
+            raise ConflictError(f"{out} already exists", hint="pass --force to replace it")
     target = _target_base(onto, progress=progress)
     with _patch_source(settings, patch, progress=progress) as source:
         outcome = _run(settings, source, target)
@@ -189,8 +230,7 @@ def install(
         }
         plan = plan_merge(layout, target.local_dir) if format == "merged" and target.local_dir else None
         if dry_run:
-            summary = plan.summary() if plan is not None else None
-            return InstallOutcome(outcome, format, out, True, forced, summary, None, None)
+            return InstallOutcome(outcome, format, out, True, forced, _plan_summary(plan, source), None, None)
         assert out is not None
         if format == "merged":
             if plan is None:  # a Hub base: download only now that the checks passed
@@ -227,5 +267,6 @@ def install(
                     forced=forced,
                     report_id=outcome.report_id,
                 ).id
-        summary = plan.summary() if plan is not None else None
-        return InstallOutcome(outcome, format, result.out_dir, False, forced, summary, result.to_dict(), install_id)
+        return InstallOutcome(
+            outcome, format, result.out_dir, False, forced, _plan_summary(plan, source), result.to_dict(), install_id
+        )

@@ -12,7 +12,7 @@ from patchctl.errors import PatchctlError
 from patchctl.schemas.report import CompatReport
 from patchctl.settings import Settings
 
-__all__ = ["COMMANDS", "render_report"]
+__all__ = ["COMMANDS", "render_report", "report_json"]
 
 _STYLE = {"pass": "[green]pass[/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}
 
@@ -27,7 +27,12 @@ def render_report(report: CompatReport, *, to_stderr: bool = False) -> None:
         table.add_row(r.name, _STYLE.get(r.status, r.status), r.detail)
     console = Console(stderr=to_stderr, soft_wrap=False)
     console.print(table)
-    console.print(report.summary(), markup=False, highlight=False)
+    console.print(report.summary(), markup=False, highlight=False, soft_wrap=True)  # one greppable line
+
+
+def report_json(report: CompatReport) -> dict[str, object]:
+    """The report as data, with its overall status and exit code (properties, not fields)."""
+    return {"status": report.status, "exit_code": report.exit_code(), **report.model_dump(mode="json")}
 
 
 @click.command("check")
@@ -45,7 +50,7 @@ def check_cmd(settings: Settings, patch: str, onto: str, as_json: bool) -> None:
     """
     outcome = api.check(settings, patch, onto=onto, progress=not as_json)
     if as_json:
-        print_json({"report_id": outcome.report_id, **outcome.report.model_dump(mode="json")})
+        print_json({"report_id": outcome.report_id, **report_json(outcome.report)})
     else:
         render_report(outcome.report)
     click.get_current_context().exit(outcome.report.exit_code())
@@ -90,15 +95,18 @@ def install_cmd(
         )
     except PatchctlError as exc:
         report = getattr(exc, "report", None)
-        if isinstance(report, CompatReport) and not as_json:
-            render_report(report, to_stderr=True)
+        if isinstance(report, CompatReport):
+            if as_json:  # the data a script needs to see why: the report, on stdout like `check --json`
+                print_json({"installed": False, "report": report_json(report)})
+            else:
+                render_report(report, to_stderr=True)
         raise
     report = outcome.check.report
     if as_json:
         print_json(
             {
                 "report_id": outcome.check.report_id,
-                "report": report.model_dump(mode="json"),
+                "report": report_json(report),
                 "format": outcome.format,
                 "dry_run": outcome.dry_run,
                 "forced": outcome.forced,
@@ -126,8 +134,19 @@ def install_cmd(
         return
     assert outcome.result is not None
     res = outcome.result
+    if outcome.forced:  # also logged; said here so that it shows whatever the logging setup
+        click.echo(
+            f"warning: installed despite failed checks ({', '.join(r.name for r in report.failed)}): "
+            "--force, recorded as forced",
+            err=True,
+        )
+    what = (
+        f"{res['tensors_touched']} tensors merged"
+        if outcome.format == "merged"
+        else f"rebased adapter ({len(res['files'])} files)"
+    )
     err_console().print(
-        f"installed {outcome.check.patch} onto {outcome.check.base}: {res['tensors_touched']} tensors merged, "
+        f"installed {outcome.check.patch} onto {outcome.check.base}: {what}, "
         f"{res['bytes_written']} bytes in {res['seconds']} s",
         markup=False,
         highlight=False,
