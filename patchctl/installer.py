@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,11 +190,16 @@ def install(
     force: bool = False,
     dry_run: bool = False,
     progress: bool = True,
+    on_report: Callable[[CompatReport], None] | None = None,
 ) -> InstallOutcome:
-    """Check, then merge ``patch`` onto ``onto`` into ``out`` (or write a rebased adapter)."""
+    """Check, then merge ``patch`` onto ``onto`` into ``out`` (or write a rebased adapter).
+
+    ``on_report`` is called with the compat report as soon as the checks have run (before a
+    refusal or the merge), so that a caller can show it first.
+    """
     from patchctl import api
     from patchctl.adapter import read_adapter
-    from patchctl.merge import RichMergeProgress, execute_merge, plan_merge, write_rebased_adapter
+    from patchctl.merge import RichMergeProgress, plan_merge, write_rebased_adapter
 
     if format not in ("merged", "adapter"):
         raise InvalidInputError(f"--format {format!r}: expected 'merged' or 'adapter'")
@@ -209,6 +214,8 @@ def install(
     with _patch_source(settings, patch, progress=progress) as source:
         outcome = _run(settings, source, target)
         report = outcome.report
+        if on_report is not None:
+            on_report(report)
         if report.failed and not force:
             raise CheckFailedError(
                 f"{report.summary()}; refusing to install",
@@ -238,6 +245,8 @@ def install(
 
                 assert target.hub is not None
                 plan = plan_merge(layout, download_base(target.hub, progress=progress))
+            from patchctl.merge import execute_merge  # torch: only now
+
             result = execute_merge(
                 plan,
                 out,

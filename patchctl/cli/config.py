@@ -29,10 +29,10 @@ def config_cmd(settings: Settings, as_json: bool) -> None:
 
     Passwords in the database URL are shown as ***.
     """
-    values = {
+    values: dict[str, str] = {
         "home": str(settings.home),
         "database_url": _redact_url(settings.database_url),
-        "default_remote": settings.default_remote,
+        "default_remote": settings.default_remote or "",
         "config_file": str(settings.config_file),
         "store_dir": str(settings.store_dir),
     }

@@ -92,14 +92,17 @@ def install_cmd(
             force=force,
             dry_run=dry_run,
             progress=not as_json,
+            # shown as soon as the checks ran: before a refusal or the merge's progress bar
+            # (a dry run's report is its data, on stdout, unless the install is refused)
+            on_report=None
+            if as_json
+            else lambda r: render_report(r, to_stderr=not dry_run or bool(r.failed and not force)),
         )
     except PatchctlError as exc:
         report = getattr(exc, "report", None)
-        if isinstance(report, CompatReport):
-            if as_json:  # the data a script needs to see why: the report, on stdout like `check --json`
-                print_json({"installed": False, "report": report_json(report)})
-            else:
-                render_report(report, to_stderr=True)
+        if isinstance(report, CompatReport) and as_json:
+            # the data a script needs to see why: the report, on stdout like `check --json`
+            print_json({"installed": False, "report": report_json(report)})
         raise
     report = outcome.check.report
     if as_json:
@@ -117,7 +120,6 @@ def install_cmd(
             }
         )
         return
-    render_report(report, to_stderr=not dry_run)
     if dry_run:
         plan = outcome.plan
         if plan is None:

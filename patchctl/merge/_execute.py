@@ -33,6 +33,7 @@ import torch
 
 from patchctl.bases import INDEX_FILE, header_length, parse_safetensors_header, weights_fingerprint
 from patchctl.errors import InvalidInputError, UnsupportedError
+from patchctl.merge._copy import copy_file
 from patchctl.merge._io import TORCH_DTYPES, copy_range, encode_header, pwrite_all, read_tensor, tensor_bytes
 from patchctl.merge._output import FileRecord, MergeResult, atomic_output_dir, write_provenance
 from patchctl.merge._plan import DTYPE_SIZES, Action, MergePlan, ShardPlan, TensorPlan
@@ -332,7 +333,7 @@ def execute_merge(
             if name == "config.json" and plan.config_changes:
                 _write_config(plan, tmp)
             else:
-                _copy_file(plan.base_dir / name, tmp / name)
+                copy_file(plan.base_dir / name, tmp / name)
         if base_weights_sha256 is None:
             base_weights_sha256 = weights_fingerprint((name, fut.result()) for name, fut in base_hashes)
         known = {rec.path: rec for rec in (fut.result() for fut in finished)}
@@ -361,11 +362,3 @@ def execute_merge(
         seconds=time.monotonic() - started,
         provenance=doc,
     )
-
-
-def _copy_file(src: Path, dst: Path) -> None:
-    """Copy a regular file (following symlinks, as in a Hub cache snapshot), in the kernel where possible."""
-    size = src.stat().st_size
-    with open(src, "rb") as fi, open(dst, "wb") as fo:
-        copy_range(fi.fileno(), fo.fileno(), size, 0, 0)
-        os.fsync(fo.fileno())

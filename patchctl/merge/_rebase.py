@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from patchctl.adapter import AdapterLayout
-from patchctl.merge._execute import _copy_file
+from patchctl.merge._copy import copy_file
 from patchctl.merge._output import PROVENANCE_FILE, MergeResult, atomic_output_dir, write_provenance
 from patchctl.schemas.peft_config import ADAPTER_CONFIG
 
@@ -37,7 +37,7 @@ def write_rebased_adapter(
         for entry in sorted(adapter.path.iterdir()):
             if entry.name in (ADAPTER_CONFIG, PROVENANCE_FILE) or entry.name.startswith(".") or not entry.is_file():
                 continue
-            _copy_file(entry, tmp / entry.name)
+            copy_file(entry, tmp / entry.name)
         config = dict(adapter.config.raw)
         config["base_model_name_or_path"] = base_model_name_or_path
         config["revision"] = revision

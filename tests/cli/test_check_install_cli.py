@@ -319,12 +319,13 @@ def _subprocess_env(home: Path) -> dict[str, str]:
     }
 
 
-def test_check_does_not_import_torch(home: Path, llama_adapter: Path, pico_llama: Path) -> None:
+def test_check_and_dry_run_do_not_import_torch(home: Path, llama_adapter: Path, pico_llama: Path) -> None:
     _pushed(home, None, llama_adapter, pico_llama)
     code = (
         "import sys\n"
         "from patchctl.cli import main\n"
-        "for argv in (['check', 'acme/sst2', '--onto', sys.argv[1], '--json'], ['check', sys.argv[2], '--onto', sys.argv[1]]):\n"
+        "for argv in (['check', 'acme/sst2', '--onto', sys.argv[1], '--json'], ['check', sys.argv[2], '--onto', sys.argv[1]],\n"
+        "             ['install', 'acme/sst2', '--onto', sys.argv[1], '--dry-run', '--json']):\n"
         "    sys.argv = ['patchctl', *argv]\n"
         "    try:\n"
         "        main()\n"
