@@ -409,3 +409,90 @@ def test_install_a_hub_patch_pulls_then_installs(published: Side, tmp_path: Path
     r = cli(home, "install", ref, "--onto", pico_llama, "--out", tmp_path / "out2")
     assert r.code == 0, r.stderr
     assert db(home)["versions"] == before
+
+
+def test_install_merges_the_commit_that_was_checked(
+    hub: HubServer,
+    tmp_path: Path,
+    llama_adapter: Path,
+    pico_llama: Path,
+    pico_gpt2: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """main moves between the header checks and the download: the checked commit is the one merged."""
+    import patchctl.remotes._bases as bases
+
+    checked = hub.seed_repo("acme/base", pico_llama)
+    real = bases.download_base
+
+    def main_moves_first(*args: Any, **kwargs: Any) -> Path:
+        hub.seed_repo("acme/base", pico_gpt2)  # a new, unrelated commit on main
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bases, "download_base", main_moves_first)
+    home = tmp_path / "a"
+    assert push(home, llama_adapter, pico_llama).code == 0
+    r = cli(home, "install", NAME, "--onto", "hf://acme/base", "--out", tmp_path / "remote-out")
+    assert r.code == 0, r.stderr
+    provenance = json.loads((tmp_path / "remote-out" / "patchctl.json").read_text())
+    assert checked in json.dumps(provenance)
+    assert cli(home, "install", NAME, "--onto", pico_llama, "--out", tmp_path / "local-out").code == 0
+    assert tensors(tmp_path / "remote-out") == tensors(tmp_path / "local-out")
+
+
+def test_install_refuses_a_downloaded_base_that_differs_from_the_checked_one(
+    hub: HubServer, tmp_path: Path, llama_adapter: Path, pico_llama: Path
+) -> None:
+    """A weights blob damaged past its header: the checks pass on headers, the download is verified."""
+    hub.seed_repo("acme/base", pico_llama)
+    blob = hub.blob_path(hub.file_at("acme/base", "model.safetensors").sha256)
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    data[-1] ^= 0xFF
+    home = tmp_path / "a"
+    assert push(home, llama_adapter, pico_llama).code == 0
+    r = cli(home, "install", NAME, "--onto", "hf://acme/base", "--out", tmp_path / "out")
+    assert r.code == 7, (r.code, r.stderr)
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+    assert show(home)["installs"] == []
+    # the damaged copy left the HF cache: once the Hub serves good bytes again, a retry works
+    blob.write_bytes(bytes(data))
+    r = cli(home, "install", NAME, "--onto", "hf://acme/base", "--out", tmp_path / "out")
+    assert r.code == 0, r.stderr
+    assert len(show(home)["installs"]) == 1
+
+
+@pytest.mark.parametrize("mode", ["drop", "status"])
+def test_interrupted_base_download_then_retry(
+    hub: HubServer, mode: str, tmp_path: Path, llama_adapter: Path, pico_llama: Path
+) -> None:
+    hub.seed_repo("acme/base", pico_llama)
+    home = tmp_path / "a"
+    assert push(home, llama_adapter, pico_llama).code == 0
+    # header reads are ranged; the full download is the first GET without a Range of the weights
+    hub.fail_next(20, route="resolve", path_contains="model.safetensors", mode=mode, method="GET")
+    r = cli(home, "install", NAME, "--onto", "hf://acme/base", "--out", tmp_path / "out")
+    assert r.code == 8, (r.code, r.stderr)
+    assert not (tmp_path / "out").exists() and show(home)["installs"] == []
+    hub.faults.clear()
+    r = cli(home, "install", NAME, "--onto", "hf://acme/base", "--out", tmp_path / "out")
+    assert r.code == 0, r.stderr
+    assert cli(home, "install", NAME, "--onto", pico_llama, "--out", tmp_path / "local").code == 0
+    assert tensors(tmp_path / "out") == tensors(tmp_path / "local")
+
+
+def test_pull_interrupted_then_retry(published: Side, tmp_path: Path) -> None:
+    if published.hub is None:
+        pytest.skip("a directory remote has no transport to interrupt")
+    home = tmp_path / "fresh"
+    published.hub.fail_next(20, route="resolve", path_contains="adapter_model.safetensors", mode="drop")
+    r = cli(home, "pull", published.pull_url + "@1.0.0")
+    assert r.code == 8, (r.code, r.stderr)
+    assert n_versions(home) == 0
+    assert_store_valid(home)
+    published.hub.faults.clear()
+    r = cli(home, "pull", published.pull_url + "@1.0.0")
+    assert r.code == 0, r.stderr
+    assert n_versions(home) == 1
