@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +138,22 @@ def test_push_to_publishes_records_and_repush_is_noop(
     assert "nothing to do" in again.stderr
     assert side.state() == state  # no new commit, no rewritten file
     assert len(show(home)["remotes"]) == 1
+
+
+def test_identical_push_to_a_second_remote_records_a_second_copy(
+    hub: HubServer, tmp_path: Path, llama_adapter: Path, pico_llama: Path
+) -> None:
+    home = tmp_path / "a"
+    assert push(home, llama_adapter, pico_llama, "--to", f"hf://{NAME}").code == 0
+    before = db(home)["versions"]
+    r = push(home, llama_adapter, pico_llama, "--to", f"file://{tmp_path / 'mirror'}")
+    assert r.code == 0, r.stderr
+    assert db(home)["versions"] == before
+    urls = sorted(c["url"] for c in show(home)["remotes"])
+    assert urls == [f"file://{tmp_path / 'mirror' / NAME}@1.0.0", f"hf://{NAME}@v1.0.0"]
+    # the mirror serves it to a fresh home
+    r = cli(tmp_path / "b", "pull", f"file://{tmp_path / 'mirror' / NAME}")
+    assert r.code == 0, r.stderr
 
 
 def test_default_remote_and_local_only(side: Side, tmp_path: Path, llama_adapter: Path, pico_llama: Path) -> None:
@@ -298,7 +315,13 @@ def test_token_required_and_never_shown(
     r = run(fresh, "push", llama_adapter, "--name", "acme/other", "--version", "1.0.0", "--task", "sst2",
             "--base", pico_llama, "--to", "hf://acme/other", env=good)  # fmt: skip
     assert r.code == 0, r.stderr
-    rows = json.dumps(db(fresh), default=str) + json.dumps(db(home), default=str)
+    # the token `hf auth login` stored (HF_HOME/token) is used too
+    stored = Path(os.environ["HF_HOME"]) / "token"
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    stored.write_text(SECRET)
+    r = run(tmp_path / "c", "pull", f"hf://{NAME}@1.0.0")
+    assert r.code == 0, r.stderr
+    rows = "".join(json.dumps(db(h), default=str) for h in (home, fresh, tmp_path / "c"))
     for secret in (SECRET, wrong):
         for text in [*seen, caplog.text, rows]:
             assert secret not in text
@@ -335,7 +358,7 @@ def test_search_by_task_and_family(published: Side, tmp_path: Path) -> None:
 
 def _results(r: CliResult) -> list[tuple[str, str]]:
     data = json.loads(r.stdout)
-    return [(c["name"], c["status"]) for c in data["results"]]
+    return [(c["name"], c["status"], c["detail"], c.get("data")) for c in data["results"]]
 
 
 def test_check_onto_a_hub_base_reads_headers_only(
@@ -377,6 +400,19 @@ def test_install_onto_a_hub_base_equals_local(
     a, b = tensors(tmp_path / "remote-out"), tensors(tmp_path / "local-out")
     assert a and a == b
     assert len(show(home)["installs"]) == 2
+
+
+def test_dry_run_onto_a_hub_base_downloads_nothing(
+    hub: HubServer, tmp_path: Path, llama_adapter: Path, pico_llama: Path
+) -> None:
+    hub.seed_repo("acme/pico-llama", pico_llama)
+    home = tmp_path / "a"
+    assert push(home, llama_adapter, pico_llama).code == 0
+    hub.reset_counters()
+    r = cli(home, "install", NAME, "--onto", "hf://acme/pico-llama", "--out", tmp_path / "out", "--dry-run")
+    assert r.code == 0, r.stderr
+    assert not (tmp_path / "out").exists()
+    assert [q for q in hub.requests_for("resolve", "GET") if q.path.endswith(".safetensors") and not q.range] == []
 
 
 def test_failing_check_onto_a_hub_base_downloads_nothing(
