@@ -261,6 +261,18 @@ def test_pull_into_a_fresh_home(published: Side, suffix: str, expected: str, tmp
     assert (db(home), sorted(store_blobs(home))) == before
 
 
+def test_one_remote_copy_however_a_version_is_asked_for(published: Side, tmp_path: Path) -> None:
+    if published.hub is None:
+        pytest.skip("directory remotes take versions and specifiers only")
+    home = tmp_path / "fresh"
+    commit = published.hub.refs(NAME)["tags"]["v1.1.0"]
+    for suffix in ("@main", f"@{commit}", "@1.1.0", "==1.1.*", ""):
+        r = cli(home, "pull", published.pull_url + suffix)
+        assert r.code == 0, (suffix, r.stderr)
+    [copy] = show(home, f"{NAME}==1.1.0")["remotes"]
+    assert (copy["url"], copy["revision"]) == (f"hf://{NAME}@v1.1.0", commit)
+
+
 @pytest.mark.parametrize("path", ["adapter_model.safetensors", "adapter_config.json"])
 def test_pull_of_a_corrupted_blob(published: Side, path: str, tmp_path: Path) -> None:
     published.corrupt("1.0.0", path)
