@@ -312,8 +312,9 @@ def test_token_required_and_never_shown(
         seen.extend([r.stdout, r.stderr])
         return r
 
+    hub.seed_repo("acme/base", pico_llama)
     for env in (None, {"HF_TOKEN": wrong}):
-        r = run(fresh, "pull", f"hf://{NAME}@1.0.0", env=env)
+        r = run(fresh, "-vv", "pull", f"hf://{NAME}@1.0.0", env=env)
         assert r.code == 9, (r.code, r.stderr)
         assert "Traceback" not in r.stderr
         r = run(fresh, "push", llama_adapter, "--name", "acme/other", "--version", "1.0.0", "--task", "sst2",
@@ -321,8 +322,14 @@ def test_token_required_and_never_shown(
         assert r.code == 9, (r.code, r.stderr)
         r = run(fresh, "search", "--remote", "hf://acme", env=env)
         assert r.code == 9, (r.code, r.stderr)
+        r = run(home, "-vv", "check", NAME, "--onto", "hf://acme/base", env=env)
+        assert r.code == 9, (r.code, r.stderr)
+        r = run(home, "install", NAME, "--onto", "hf://acme/base", "--out", tmp_path / "out", env=env)
+        assert r.code == 9, (r.code, r.stderr)
     assert n_versions(fresh) == 0
-    r = run(fresh, "pull", f"hf://{NAME}@1.0.0", "--json", env=good)
+    r = run(fresh, "-vv", "pull", f"hf://{NAME}@1.0.0", "--json", env=good)
+    assert r.code == 0, r.stderr
+    r = run(home, "-vv", "install", NAME, "--onto", "hf://acme/base", "--out", tmp_path / "out", env=good)
     assert r.code == 0, r.stderr
     r = run(fresh, "push", llama_adapter, "--name", "acme/other", "--version", "1.0.0", "--task", "sst2",
             "--base", pico_llama, "--to", "hf://acme/other", env=good)  # fmt: skip
@@ -337,8 +344,8 @@ def test_token_required_and_never_shown(
     for secret in (SECRET, wrong):
         for text in [*seen, caplog.text, rows]:
             assert secret not in text
-        for p in fresh.rglob("*"):
-            if p.is_file() and p.suffix in (".json", ".toml", ".db", ".db-wal", ""):
+        for p in tmp_path.rglob("*"):  # catalogs, stores, the merged output and its provenance
+            if p.is_file():
                 assert secret.encode() not in p.read_bytes(), p
 
 
