@@ -352,7 +352,7 @@ def test_token_required_and_never_shown(
 # ---- search -------------------------------------------------------------------------------------
 
 
-def test_search_by_task_and_family(published: Side, tmp_path: Path) -> None:
+def test_search_by_task_and_family(published: Side, tmp_path: Path, pico_llama: Path) -> None:
     home = tmp_path / "fresh"
     where = "hf://acme" if published.kind == "hf" else published.push_url
 
@@ -361,6 +361,9 @@ def test_search_by_task_and_family(published: Side, tmp_path: Path) -> None:
         assert r.code == 0, r.stderr
         return [p["name"] for p in json.loads(r.stdout)]
 
+    if published.hub is not None:  # a base (no patchctl tag) in the same namespace is not a patch
+        published.hub.seed_repo("acme/pico-llama", pico_llama)
+    assert names() == [NAME]
     assert names("--task", "sst2") == [NAME]
     assert names("--family", "llama") == [NAME]
     assert names("--task", "gsm8k") == []
@@ -403,9 +406,11 @@ def test_check_onto_a_hub_base_reads_headers_only(
     assert len(show(home)["compat_reports"]) == 2
 
 
+@pytest.mark.parametrize("base_fixture", ["pico_llama", "pico_llama_sharded"])
 def test_install_onto_a_hub_base_equals_local(
-    hub: HubServer, tmp_path: Path, llama_adapter: Path, pico_llama: Path
+    hub: HubServer, base_fixture: str, tmp_path: Path, llama_adapter: Path, request: pytest.FixtureRequest
 ) -> None:
+    pico_llama: Path = request.getfixturevalue(base_fixture)
     hub.seed_repo("acme/pico-llama", pico_llama)
     home = tmp_path / "a"
     assert push(home, llama_adapter, pico_llama).code == 0
