@@ -194,15 +194,30 @@ def test_conflicting_content_under_the_same_version(
     assert side.state() == before_remote
 
 
-@pytest.mark.parametrize("failure", ["5xx", "down"])
+_SLOW = pytest.mark.slow  # the client retries these requests with backoff (~24 s) before giving up
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        "create-repo",
+        pytest.param("preupload", marks=_SLOW),
+        pytest.param("lfs-upload", marks=_SLOW),
+        "commit",
+        "tag",
+        "down",
+    ],
+)
 def test_failed_publish_records_no_version(
     hub: HubServer, failure: str, tmp_path: Path, llama_adapter: Path, pico_llama: Path
 ) -> None:
+    """Each step of a Hub publish failing with a 5xx (or the server down): exit 8, no version in the
+    catalog; the same push then goes through once the Hub is back, tagged once."""
     home = tmp_path / "a"
-    if failure == "5xx":
-        hub.fail_next(100, status=503, route="commit")
-    else:
+    if failure == "down":
         hub.stop()
+    else:
+        hub.fail_next(100, status=503, route=failure)
     r = push(home, llama_adapter, pico_llama, "--to", f"hf://{NAME}")
     assert r.code == 8, (r.code, r.stderr)
     assert "Traceback" not in r.stderr
@@ -214,7 +229,10 @@ def test_failed_publish_records_no_version(
         hub.start()
     r = push(home, llama_adapter, pico_llama, "--to", f"hf://{NAME}")
     assert r.code == 0, r.stderr
-    assert len(show(home)["remotes"]) == 1
+    [copy] = show(home)["remotes"]
+    assert hub.refs(NAME)["tags"] == {"v1.0.0": copy["revision"]}
+    r = cli(tmp_path / "b", "pull", f"hf://{NAME}@1.0.0")
+    assert r.code == 0, r.stderr
 
 
 def test_failed_directory_publish_records_no_version(tmp_path: Path, llama_adapter: Path, pico_llama: Path) -> None:
