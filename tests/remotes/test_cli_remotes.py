@@ -156,9 +156,17 @@ def test_identical_push_to_a_second_remote_records_a_second_copy(
     assert r.code == 0, r.stderr
 
 
-def test_default_remote_and_local_only(side: Side, tmp_path: Path, llama_adapter: Path, pico_llama: Path) -> None:
+@pytest.mark.parametrize("configured", ["env", "config.toml"])
+def test_default_remote_and_local_only(
+    side: Side, configured: str, tmp_path: Path, llama_adapter: Path, pico_llama: Path
+) -> None:
     home = tmp_path / "a"
-    env = {"PATCHCTL_REMOTE": side.push_url}
+    env: dict[str, str] = {}
+    if configured == "env":
+        env["PATCHCTL_REMOTE"] = side.push_url
+    else:
+        home.mkdir()
+        (home / "config.toml").write_text(f'default_remote = "{side.push_url}"\n')
     r = cli(
         home, "push", llama_adapter, "--name", NAME, "--version", "1.0.0", "--task", "sst2", "--base", pico_llama,
         "--local-only", env=env,
@@ -455,6 +463,21 @@ def test_dry_run_onto_a_hub_base_downloads_nothing(
     assert r.code == 0, r.stderr
     assert not (tmp_path / "out").exists()
     assert [q for q in hub.requests_for("resolve", "GET") if q.path.endswith(".safetensors") and not q.range] == []
+
+
+def test_rebased_adapter_onto_a_hub_base_downloads_no_weights(
+    hub: HubServer, tmp_path: Path, llama_adapter: Path, pico_llama: Path
+) -> None:
+    commit = hub.seed_repo("acme/pico-llama", pico_llama)
+    home = tmp_path / "a"
+    assert push(home, llama_adapter, pico_llama).code == 0
+    hub.reset_counters()
+    out = tmp_path / "out"
+    r = cli(home, "install", NAME, "--onto", "hf://acme/pico-llama", "--out", out, "--format", "adapter")
+    assert r.code == 0, r.stderr
+    assert [q for q in hub.requests_for("resolve", "GET") if q.path.endswith(".safetensors") and not q.range] == []
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == "acme/pico-llama" and cfg.get("revision") == commit
 
 
 def test_failing_check_onto_a_hub_base_downloads_nothing(
