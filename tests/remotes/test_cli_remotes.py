@@ -597,3 +597,24 @@ def test_pull_interrupted_then_retry(published: Side, tmp_path: Path) -> None:
     r = cli(home, "pull", published.pull_url + "@1.0.0")
     assert r.code == 0, r.stderr
     assert n_versions(home) == 1
+
+
+def test_pull_of_other_content_under_a_recorded_version(
+    published: Side, tmp_path: Path, adapter_b: Path, pico_llama: Path
+) -> None:
+    """The catalog has its own 1.0.0; the remote's 1.0.0 differs: refused, the catalog unchanged."""
+    home = tmp_path / "local"
+    assert push(home, adapter_b, pico_llama).code == 0
+    before = db(home)
+    r = cli(home, "pull", published.pull_url + "@1.0.0")
+    assert r.code == 5, (r.code, r.stderr)
+    assert db(home) == before
+
+
+def test_install_of_a_damaged_remote_patch_writes_nothing(published: Side, tmp_path: Path, pico_llama: Path) -> None:
+    published.corrupt("1.0.0", "adapter_config.json")
+    home = tmp_path / "fresh"
+    r = cli(home, "install", published.pull_url + "@1.0.0", "--onto", pico_llama, "--out", tmp_path / "out")
+    assert r.code == 7, (r.code, r.stderr)
+    assert not (tmp_path / "out").exists()
+    assert n_versions(home) == 0
