@@ -618,3 +618,36 @@ def test_install_of_a_damaged_remote_patch_writes_nothing(published: Side, tmp_p
     assert r.code == 7, (r.code, r.stderr)
     assert not (tmp_path / "out").exists()
     assert n_versions(home) == 0
+
+
+_PROBE = """
+import sys
+from patchctl.cli import cli
+from patchctl.cli._errors import run_with_error_handling
+code = run_with_error_handling(cli, sys.argv[1:], prog_name="patchctl")
+heavy = sorted(m for m in ("torch", "transformers", "peft") if m in sys.modules)
+print("HEAVY=" + ",".join(heavy), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_remote_commands_do_not_import_torch(
+    hub: HubServer, tmp_path: Path, llama_adapter: Path, pico_llama: Path
+) -> None:
+    """check --onto hf://, pull and search stay light (a fresh interpreter each)."""
+    import subprocess
+    import sys
+
+    hub.seed_repo("acme/pico-llama", pico_llama)
+    home = tmp_path / "a"
+    assert push(home, llama_adapter, pico_llama, "--to", f"hf://{NAME}").code == 0
+    env = {**os.environ, "HF_HUB_DISABLE_XET": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    for args in (
+        ["--home", home, "check", NAME, "--onto", "hf://acme/pico-llama", "--json"],
+        ["--home", tmp_path / "b", "pull", f"hf://{NAME}"],
+        ["--home", tmp_path / "b", "search", "--remote", "hf://acme", "--json"],
+    ):
+        cmd = [sys.executable, "-c", _PROBE, *map(str, args)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert "HEAVY=\n" in proc.stderr, (args, proc.stderr)
