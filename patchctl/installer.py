@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from patchctl import __version__
-from patchctl.errors import CheckFailedError, ConflictError, InvalidInputError, NotFoundError
+from patchctl.errors import CheckFailedError, ConflictError, IntegrityError, InvalidInputError, NotFoundError
 from patchctl.registry.records import VersionInfo
 from patchctl.schemas.base import BaseFacts
 from patchctl.schemas.manifest import MANIFEST_FILE, Manifest
@@ -173,6 +173,30 @@ def _plan_summary(plan: MergePlan | None, source: PatchSource) -> dict[str, Any]
     return summary
 
 
+def _download_checked_base(target: TargetBase, *, progress: bool) -> Path:
+    """Download the Hub base at the commit that was checked (not wherever its branch points now)
+    and verify every weight file against the sha256 the checks saw; a damaged file is removed
+    from the HF cache (a retry downloads it again) and nothing is merged."""
+    from patchctl._fs import sha256_file
+    from patchctl.remotes import download_base
+
+    assert target.hub is not None and target.facts.revision is not None
+    pinned = HubRef(target.hub.repo_id, revision=target.facts.revision)
+    base_dir = download_base(pinned, progress=progress)
+    bad = [f.path for f in target.facts.weight_files if sha256_file(base_dir / f.path) != f.sha256]
+    if bad:
+        for rel in bad:
+            link = base_dir / rel
+            if link.is_symlink():
+                link.resolve().unlink(missing_ok=True)
+            link.unlink(missing_ok=True)
+        raise IntegrityError(
+            f"{pinned}: sha256 mismatch after download ({', '.join(bad)}): not the bytes the Hub lists; nothing merged",
+            hint="the damaged files were removed from the HF cache; retry, and report it to the repo owner if it recurs",
+        )
+    return base_dir
+
+
 def check(settings: Settings, patch: str, *, onto: str, progress: bool = True) -> CheckOutcome:
     """Run every compatibility check of ``patch`` against the base ``onto`` (a directory or hf://)."""
     target = _target_base(onto, progress=progress)
@@ -241,10 +265,7 @@ def install(
         assert out is not None
         if format == "merged":
             if plan is None:  # a Hub base: download only now that the checks passed
-                from patchctl.remotes import download_base
-
-                assert target.hub is not None
-                plan = plan_merge(layout, download_base(target.hub, progress=progress))
+                plan = plan_merge(layout, _download_checked_base(target, progress=progress))
             from patchctl.merge import execute_merge  # torch: only now
 
             result = execute_merge(

@@ -542,7 +542,8 @@ class Catalog:
             select(m.VersionRemote).where(m.VersionRemote.version_id == row.id, m.VersionRemote.url == url)
         )
         if current is not None:
-            current.revision, current.pushed_at = revision, _now()
+            if current.revision != revision:  # the same copy recorded again (re-push, re-pull) changes nothing
+                current.revision, current.pushed_at = revision, _now()
             return current
         with s.begin_nested():
             rem = m.VersionRemote(version_id=row.id, url=url, revision=revision, pushed_at=_now())

@@ -118,13 +118,18 @@ class HfHubRemote:
         versions = {v: t for t in tags if (v := version_from_tag(t)) is not None}
         what = f"hf://{repo}"
         if isinstance(wanted, str) and not isinstance(wanted, SpecifierSet):
+            commit = None
             if _COMMIT.fullmatch(wanted):
-                version = next((v for v, t in versions.items() if tags[t] == wanted), None)
-                return wanted, wanted, version
-            if wanted in tags and version_from_tag(wanted) is None:
-                return wanted, tags[wanted], None
-            if wanted in branches:
-                return wanted, branches[wanted], None
+                commit = wanted
+            elif wanted in tags and version_from_tag(wanted) is None:
+                commit = tags[wanted]
+            elif wanted in branches:
+                commit = branches[wanted]
+            if commit is not None:
+                # a commit that a version tag names is that version: one label (and one remote copy
+                # in the catalog) however it was asked for
+                tagged = next((v for v, t in versions.items() if tags[t] == commit), None)
+                return (versions[tagged] if tagged is not None else wanted), commit, tagged
         version = select_version(versions, wanted, what=what)
         tag = versions[version]
         return tag, tags[tag], version
