@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["CHUNK", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "sha256_file"]
+__all__ = ["CHUNK", "HashCache", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "pid_alive", "sha256_file"]
 
 CHUNK = 8 * 1024 * 1024
 
@@ -56,3 +58,51 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (used to tell a killed run's leftovers from a live one's)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class HashCache:
+    """sha256 of files, remembered by (real path, device, inode, size, mtime) — git's stat-cache
+    idea — so that checking or installing onto the same multi-GB base again does not re-read it.
+
+    A file modified within the last 2 seconds is hashed but not cached (its mtime could still
+    change within the same clock tick). Entries are small text files under ``root``.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _entry(self, path: Path, st: os.stat_result) -> Path:
+        ident = f"{os.path.realpath(path)}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}"
+        key = hashlib.sha256(ident.encode()).hexdigest()
+        return self.root / key[:2] / key
+
+    def sha256(self, path: Path, progress: Callable[[int], None] | None = None) -> str:
+        st = os.stat(path)
+        entry = self._entry(path, st)
+        try:
+            cached = entry.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            cached = ""
+        if len(cached) == 64 and all(c in "0123456789abcdef" for c in cached):
+            if progress is not None:
+                progress(st.st_size)
+            return cached
+        digest = sha256_file(path, progress)
+        if time.time() - st.st_mtime_ns / 1e9 > 2 and os.stat(path).st_mtime_ns == st.st_mtime_ns:
+            # a read-only home: hashing still works, it is just not remembered
+            with contextlib.suppress(OSError):
+                atomic_write_text(entry, digest + "\n")
+        return digest

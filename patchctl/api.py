@@ -174,13 +174,22 @@ def _hash_progress(base_dir: Path, enabled: bool) -> Iterator[Callable[[int], No
         yield lambda n: bar.advance(task, n)
 
 
-def read_base(base_dir: Path, *, revision: str | None = None, show_progress: bool = False) -> BaseFacts:
-    """Facts of a local base directory (hashing its weights, with a progress bar on stderr if asked)."""
+def read_base(
+    base_dir: Path,
+    *,
+    revision: str | None = None,
+    show_progress: bool = False,
+    settings: Settings | None = None,
+) -> BaseFacts:
+    """Facts of a local base directory: its weights hashed (with a progress bar on stderr if asked),
+    or their sha256 taken from the home's hash cache when the files are unchanged."""
+    from patchctl._fs import HashCache
     from patchctl.bases import read_local_base
 
     base_dir = Path(base_dir).expanduser()
+    cache = HashCache(settings.hash_cache_dir) if settings is not None else None
     with _hash_progress(base_dir, show_progress) as progress:
-        return read_local_base(base_dir, revision=revision, progress=progress)
+        return read_local_base(base_dir, revision=revision, progress=progress, hash_cache=cache)
 
 
 def prepare_push(
@@ -194,10 +203,11 @@ def prepare_push(
     description: str = "",
     license: str | None = None,
     show_progress: bool = False,
+    settings: Settings | None = None,
 ) -> PreparedPush:
-    """Stage 1 of push: validate the inputs and build the manifest. Writes nothing."""
+    """Stage 1 of push: validate the inputs and build the manifest. Writes nothing (but the
+    hash cache of ``settings``, if given)."""
     from patchctl.adapter import map_to_base, read_adapter
-    from patchctl.bases import read_local_base
 
     try:
         name = check_patch_name(name)
@@ -213,8 +223,7 @@ def prepare_push(
     if not layout.pairs and not layout.replacements:
         raise AdapterError(f"{adapter_dir}: {ADAPTER_WEIGHTS} holds no LoRA tensors")
     base_dir = Path(base_dir).expanduser()
-    with _hash_progress(base_dir, show_progress) as progress:
-        facts = read_local_base(base_dir, revision=base_revision, progress=progress)
+    facts = read_base(base_dir, revision=base_revision, show_progress=show_progress, settings=settings)
     mapping = map_to_base(layout, facts.tensors, facts.config)
     if not mapping.complete:
         missing = [*mapping.unmatched, *mapping.ambiguous][:5]
@@ -294,6 +303,7 @@ def push(
         description=description,
         license=license,
         show_progress=show_progress,
+        settings=settings,
     )
     manifest = prepared.manifest
     store = _store(settings)
@@ -463,10 +473,9 @@ class BaseListing:
     edges: tuple[LineageEdge, ...] = field(default_factory=tuple)
 
 
-def _parent_fingerprint(cat: Catalog, text: str, *, show_progress: bool) -> str:
+def _parent_fingerprint(cat: Catalog, text: str, *, show_progress: bool, settings: Settings) -> str:
     """A parent given as a weights fingerprint (or prefix), ``hf://repo@rev`` known to the
     catalog, or a local base directory (read and recorded)."""
-    from patchctl.bases import read_local_base
 
     if re.fullmatch(r"[0-9a-fA-F]{8,64}", text) and not Path(text).exists():
         return cat.get_base(text).weights_sha256
@@ -480,8 +489,7 @@ def _parent_fingerprint(cat: Catalog, text: str, *, show_progress: bool) -> str:
         if len(found) > 1:
             raise InvalidInputError(f"{text}: {len(found)} bases match; give a revision or a fingerprint")
         return found[0].weights_sha256
-    with _hash_progress(ref.path, show_progress) as progress:
-        facts = read_local_base(ref.path, progress=progress)
+    facts = read_base(ref.path, show_progress=show_progress, settings=settings)
     base, _ = cat.add_base(facts)
     return base.weights_sha256
 
@@ -496,16 +504,14 @@ def base_add(
     show_progress: bool = False,
 ) -> BaseAddResult:
     """Record a local base (fingerprinted) and its lineage edges to ``parents``."""
-    from patchctl.bases import read_local_base
     from patchctl.registry.store import LINEAGE_RELATIONS
 
     if relation not in LINEAGE_RELATIONS:
         raise InvalidInputError(f"relation {relation!r}: expected one of {', '.join(LINEAGE_RELATIONS)}")
     base_dir = Path(base_dir).expanduser()
-    with _hash_progress(base_dir, show_progress) as progress:
-        facts = read_local_base(base_dir, revision=revision, progress=progress)
+    facts = read_base(base_dir, revision=revision, show_progress=show_progress, settings=settings)
     with catalog(settings) as cat:
-        parent_shas = [_parent_fingerprint(cat, p, show_progress=show_progress) for p in parents]
+        parent_shas = [_parent_fingerprint(cat, p, show_progress=show_progress, settings=settings) for p in parents]
         base, created = cat.add_base(facts)
         edges = tuple(cat.add_lineage(base.weights_sha256, p, relation) for p in parent_shas)
         return BaseAddResult(base, created, edges)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from patchctl._fs import sha256_file
+from patchctl._fs import HashCache, sha256_file
 from patchctl.errors import InvalidInputError, UnsupportedError
 from patchctl.schemas.base import BaseFacts, Family, TensorInfo, WeightFile
 
@@ -30,6 +30,7 @@ __all__ = [
     "family_from_config",
     "header_length",
     "parse_safetensors_header",
+    "read_config",
     "read_local_base",
     "read_safetensors_header",
     "structure_fingerprint",
@@ -192,29 +193,41 @@ def base_facts_from_parts(
     )
 
 
+def read_config(base_dir: Path) -> dict[str, Any]:
+    """A model directory's ``config.json`` as a dict; InvalidInputError if missing or not a JSON object."""
+    path = Path(base_dir) / "config.json"
+    if not path.is_file():
+        raise InvalidInputError(f"{base_dir}: no config.json (is this a transformers model directory?)")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise InvalidInputError(f"{path}: expected a JSON object")
+    return config
+
+
 def read_local_base(
-    base_dir: Path, *, revision: str | None = None, progress: Callable[[int], None] | None = None
+    base_dir: Path,
+    *,
+    revision: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    hash_cache: HashCache | None = None,
 ) -> BaseFacts:
-    """Facts of a local base directory. Hashes every weight file (streaming); never loads tensors."""
+    """Facts of a local base directory. Hashes every weight file (streaming, or from ``hash_cache``
+    when the file is unchanged since it was last hashed); never loads tensors."""
+    hasher = hash_cache.sha256 if hash_cache is not None else sha256_file
     base_dir = Path(base_dir).expanduser()
     if not base_dir.is_dir():
         raise InvalidInputError(f"{base_dir}: base directory does not exist")
-    cfg_path = base_dir / "config.json"
-    if not cfg_path.is_file():
-        raise InvalidInputError(f"{base_dir}: no config.json (is this a transformers model directory?)")
-    try:
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInputError(f"{cfg_path}: not valid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise InvalidInputError(f"{cfg_path}: expected a JSON object")
+    config = read_config(base_dir)
     names = weight_file_names(base_dir)
     files = []
     headers = {}
     for name in names:
         path = base_dir / name
         headers[name] = read_safetensors_header(path)
-        files.append((name, sha256_file(path, progress), path.stat().st_size))
+        files.append((name, hasher(path, progress), path.stat().st_size))
     tok = [(n, sha256_file(base_dir / n)) for n in TOKENIZER_FILES if (base_dir / n).is_file()]
     return base_facts_from_parts(
         source=str(base_dir.resolve()),

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from patchctl import __version__
+from patchctl._fs import pid_alive
 from patchctl.errors import CheckFailedError, ConflictError, IntegrityError, InvalidInputError, NotFoundError
 from patchctl.registry.records import VersionInfo
 from patchctl.schemas.base import BaseFacts
@@ -78,21 +79,11 @@ class InstallOutcome:
 _MATERIALIZE_PREFIX = ".materialize-"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _clean_stale_materializations(home: Path) -> None:
     """Remove the adapter copies of checks/installs that were killed (their process is gone)."""
     for entry in home.glob(f"{_MATERIALIZE_PREFIX}*-*"):
         pid = entry.name[len(_MATERIALIZE_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(entry, ignore_errors=True)
 
 
@@ -129,7 +120,7 @@ def _patch_source(settings: Settings, text: str, *, progress: bool) -> Iterator[
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _target_base(text: str, *, progress: bool) -> TargetBase:
+def _target_base(settings: Settings, text: str, *, progress: bool) -> TargetBase:
     ref = parse_base_ref(text)
     if isinstance(ref, HubRef):
         from patchctl.remotes import remote_base_facts
@@ -137,7 +128,7 @@ def _target_base(text: str, *, progress: bool) -> TargetBase:
         return TargetBase(str(ref), remote_base_facts(ref), None, ref)
     from patchctl.api import read_base
 
-    return TargetBase(str(ref.path), read_base(ref.path, show_progress=progress), ref.path, None)
+    return TargetBase(str(ref.path), read_base(ref.path, show_progress=progress, settings=settings), ref.path, None)
 
 
 def _run(settings: Settings, source: PatchSource, target: TargetBase) -> CheckOutcome:
@@ -199,7 +190,7 @@ def _download_checked_base(target: TargetBase, *, progress: bool) -> Path:
 
 def check(settings: Settings, patch: str, *, onto: str, progress: bool = True) -> CheckOutcome:
     """Run every compatibility check of ``patch`` against the base ``onto`` (a directory or hf://)."""
-    target = _target_base(onto, progress=progress)
+    target = _target_base(settings, onto, progress=progress)
     with _patch_source(settings, patch, progress=progress) as source:
         return _run(settings, source, target)
 
@@ -234,7 +225,7 @@ def install(
         if not dry_run and not force and (out.exists() or out.is_symlink()):
             # fail before fingerprinting the base (minutes for a large one); the engine checks again
             raise ConflictError(f"{out} already exists", hint="pass --force to replace it")
-    target = _target_base(onto, progress=progress)
+    target = _target_base(settings, onto, progress=progress)
     with _patch_source(settings, patch, progress=progress) as source:
         outcome = _run(settings, source, target)
         report = outcome.report

@@ -56,6 +56,11 @@ class Settings:
         return self.home / "store"
 
     @property
+    def hash_cache_dir(self) -> Path:
+        """Remembered sha256 of base weight files (by path, inode, size and mtime)."""
+        return self.home / "cache" / "sha256"
+
+    @property
     def config_file(self) -> Path:
         return self.home / "config.toml"
 

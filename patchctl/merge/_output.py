@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from patchctl import __version__
-from patchctl._fs import fsync_dir, sha256_file
+from patchctl._fs import fsync_dir, pid_alive, sha256_file
 from patchctl._secrets import redact
 from patchctl.errors import ConflictError, InvalidInputError
 
@@ -58,18 +58,6 @@ class MergeResult:
         }
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -81,7 +69,7 @@ def _clean_stale(parent: Path, name: str) -> None:
     """Remove temporary siblings left by installs that were killed (their process is gone)."""
     for entry in parent.glob(f".{name}.patchctl-*"):
         m = _TMP.match(entry.name)
-        if m and m["name"] == name and not _pid_alive(int(m["pid"])):
+        if m and m["name"] == name and not pid_alive(int(m["pid"])):
             _remove(entry)
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from patchctl.adapter import LM_HEAD, AdapterLayout, LoraPair, Replacement, is_lm_head, map_to_base, tied_embedding
-from patchctl.bases import INDEX_FILE, read_safetensors_header, weight_file_names
+from patchctl.bases import INDEX_FILE, read_config, read_safetensors_header, weight_file_names
 from patchctl.errors import InvalidInputError, UnsupportedError
 
 __all__ = ["Action", "MergePlan", "ShardPlan", "TensorPlan", "plan_merge"]
@@ -178,19 +178,6 @@ class MergePlan:
         }
 
 
-def _read_config(base_dir: Path) -> dict[str, Any]:
-    path = base_dir / "config.json"
-    if not path.is_file():
-        raise InvalidInputError(f"{base_dir}: no config.json (is this a transformers model directory?)")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInputError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise InvalidInputError(f"{path}: expected a JSON object")
-    return config
-
-
 def _classify_base_files(base_dir: Path, weight_files: list[str]) -> tuple[list[str], dict[str, str]]:
     copied: list[str] = []
     skipped: dict[str, str] = {}
@@ -232,7 +219,7 @@ def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
     for p in adapter.pairs:
         if p.kind == "conv":
             raise UnsupportedError(f"{p.module}: LoRA on a convolution is not supported by the merge engine")
-    config = _read_config(base_dir)
+    config = read_config(base_dir)
     files = weight_file_names(base_dir)
     sharded = (base_dir / INDEX_FILE).is_file()
     headers = {f: read_safetensors_header(base_dir / f) for f in files}
