@@ -57,6 +57,13 @@ def check_vocab(ctx: CheckContext) -> CheckResult:
                 **data,
             )
         warnings.append("tokenizer files differ from the source's (embeddings/lm_head are not patched)")
+    carried = [r.target for r in ctx.adapter.replacements if r.reason == "embedding_base_layer"]
+    if carried and ctx.source.weights_sha256 != ctx.base.weights_sha256:
+        data["embedding_base_layers_carried"] = carried
+        warnings.append(
+            f"the patch carries the source base's embedding matrix ({preview(carried)}, saved by PEFT with "
+            "embedding LoRA): installing replaces this base's embedding with θ's, as PEFT does"
+        )
     if warnings:
         return result(NAME, "warn", "; ".join(warnings), **data)
     scope = "exact tokenizer required and matched" if touched else "same tokenizer"

@@ -294,9 +294,7 @@ def test_lineage_relations(
     assert rel["same_structure"].result("lineage").status == "warn"
 
 
-def test_lm_head_replacement_on_tied_base_maps_through_the_embedding(
-    check, models_dir: Path, pico_gpt2: Path
-) -> None:
+def test_lm_head_replacement_on_tied_base_maps_through_the_embedding(check, models_dir: Path, pico_gpt2: Path) -> None:
     """A tied base stores no lm_head tensor; the checks agree with the merge engine, which gives
     the head its own (untied) tensor, so coverage passes and names the tie."""
     import picomodels

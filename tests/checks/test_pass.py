@@ -151,3 +151,22 @@ def test_checks_import_no_torch(pico_llama: Path, llama_adapter: Path) -> None:
         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
     )
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+
+
+def test_embedding_lora_onto_an_update_warns_that_the_embedding_is_carried(
+    check, pico_llama: Path, llama_updated: Path, embed_adapter: Path
+) -> None:
+    """PEFT saves the embedding base layer with embedding LoRA; merging onto θ′ replaces θ′'s
+    embedding with θ's (as PEFT does). Same base: nothing to say; θ′: a warning naming it."""
+    from patchctl.bases import read_local_base
+
+    same = check(embed_adapter, pico_llama, source=pico_llama).result("vocab")
+    assert same.status == "pass"
+    onto_update = check(
+        embed_adapter, llama_updated, source=pico_llama, ancestors=(read_local_base(pico_llama).weights_sha256,)
+    )
+    vocab = onto_update.result("vocab")
+    assert vocab.status == "warn", vocab.detail
+    assert "embedding matrix" in vocab.detail
+    assert vocab.data["embedding_base_layers_carried"] == ["model.embed_tokens.weight"]
+    assert onto_update.result("lineage").status == "pass"

@@ -21,7 +21,12 @@ def test_bench_small_mode(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(out.read_text())
-    assert [r["run"] for r in results["rows"]] == ["patchctl install", "PEFT merge_and_unload", "cp -r", "patchctl install"]
+    assert [r["run"] for r in results["rows"]] == [
+        "patchctl install",
+        "PEFT merge_and_unload",
+        "cp -r",
+        "patchctl install",
+    ]
     assert all(r["wall_s"] > 0 and r["peak_rss_mib"] > 0 for r in results["rows"])
     assert results["tensors_compared_with_peft"] > 10
     assert "| patchctl install |" in proc.stdout
