@@ -8,6 +8,7 @@ recorded as such), then merges (``--format merged``) or writes a rebased adapter
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -188,6 +189,20 @@ def _download_checked_base(target: TargetBase, *, progress: bool) -> Path:
     return base_dir
 
 
+def _import_merge_engine_in_background() -> None:
+    """Start importing the merge engine (torch: about a second) on another thread, so that it
+    overlaps with fingerprinting the base (hashlib releases the GIL). The later import waits
+    for it; an import error surfaces there, as it would without this."""
+    import importlib
+    import threading
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            importlib.import_module("patchctl.merge._execute")
+
+    threading.Thread(target=load, name="patchctl-import-merge", daemon=True).start()
+
+
 def check(settings: Settings, patch: str, *, onto: str, progress: bool = True) -> CheckOutcome:
     """Run every compatibility check of ``patch`` against the base ``onto`` (a directory or hf://)."""
     target = _target_base(settings, onto, progress=progress)
@@ -225,6 +240,8 @@ def install(
         if not dry_run and not force and (out.exists() or out.is_symlink()):
             # fail before fingerprinting the base (minutes for a large one); the engine checks again
             raise ConflictError(f"{out} already exists", hint="pass --force to replace it")
+    if format == "merged" and not dry_run:
+        _import_merge_engine_in_background()
     target = _target_base(settings, onto, progress=progress)
     with _patch_source(settings, patch, progress=progress) as source:
         outcome = _run(settings, source, target)
