@@ -111,14 +111,31 @@ def _patch_source(settings: Settings, text: str, *, progress: bool) -> Iterator[
         version = resolved.version
         if version.yanked:
             log.warning("%s is yanked%s", version.ref, f": {version.yank_reason}" if version.yank_reason else "")
-    settings.home.mkdir(parents=True, exist_ok=True)
-    _clean_stale_materializations(settings.home)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_MATERIALIZE_PREFIX}{os.getpid()}-", dir=settings.home))
+    yield PatchSource(version.ref, _materialized(settings, version), version.manifest, version)
+
+
+def _materialized(settings: Settings, version: VersionInfo) -> Path:
+    """The version as a PEFT adapter directory, kept at ``<home>/adapters/<content digest>``
+    (hard links to the read-only store files) so the path recorded in an install's
+    ``patchctl.json`` stays valid. Laid out in a temporary sibling and renamed into place."""
+    from patchctl import api
+
+    dest = settings.home / "adapters" / version.content_digest
+    if (dest / MANIFEST_FILE).is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale_materializations(dest.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_MATERIALIZE_PREFIX}{os.getpid()}-", dir=dest.parent))
     try:
-        adapter_dir = api.materialize_version(settings, version, tmp / "adapter")
-        yield PatchSource(version.ref, adapter_dir, version.manifest, version)
+        api.materialize_version(settings, version, tmp / "adapter")
+        try:
+            os.rename(tmp / "adapter", dest)
+        except OSError:  # another process laid it out first: same content digest, same files
+            if not (dest / MANIFEST_FILE).is_file():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return dest
 
 
 def _target_base(settings: Settings, text: str, *, progress: bool) -> TargetBase:

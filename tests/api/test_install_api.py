@@ -118,8 +118,13 @@ def test_install_onto_updated_base_equals_theta_prime_plus_delta_and_peft(
     with torch.no_grad():
         assert torch.isfinite(model(ids).logits).all()
 
-    prov = json.loads((out / "patchctl.json").read_text())["provenance"]
+    doc = json.loads((out / "patchctl.json").read_text())
+    prov = doc["provenance"]
     assert prov["patch"] == f"{NAME}==1.0.0" and prov["forced"] is False
+    # the adapter the merge read stays where provenance says: <home>/adapters/<content digest>
+    adapter_path = Path(doc["adapter"]["path"])
+    assert adapter_path.parent == (local_settings.home / "adapters").resolve()
+    assert (adapter_path / "adapter_model.safetensors").is_file()
     assert ".materialize-" not in json.dumps(outcome.plan)  # the plan names the patch, not a temporary copy
     [row] = api.show(local_settings, NAME).installs
     assert (row.id, row.format, row.forced, row.out_path) == (outcome.install_id, "merged", False, str(out))

@@ -376,12 +376,15 @@ def test_killed_install_leaves_nothing_and_retry_succeeds(
             proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()
-    assert list(home.glob(".materialize-*"))  # the killed run's copy of the adapter
+    # the adapter was laid out (atomically) before the merge began: complete, and reused by the retry
+    [laid_out] = list((home / "adapters").iterdir())
+    assert (laid_out / "adapter_model.safetensors").is_file() and (laid_out / "patch.json").is_file()
     assert _show(home, None)["installs"] == []
     r = _cli(home, None, "install", NAME, "--onto", pico_llama_sharded, "--out", out)
     assert r.code == 0, r.stderr
     assert sorted(p.name for p in dest.iterdir()) == ["out"]  # the killed run's temporary sibling is gone
-    assert not list(home.glob(".materialize-*"))  # and so is its adapter copy
+    assert list((home / "adapters").iterdir()) == [laid_out]
+    assert not list((home / "adapters").glob(".materialize-*"))
     assert (out / "model.safetensors.index.json").is_file()
     installs = _show(home, None)["installs"]
     assert isinstance(installs, list) and len(installs) == 1
