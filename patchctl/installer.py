@@ -149,9 +149,34 @@ def _target_base(settings: Settings, text: str, *, progress: bool) -> TargetBase
     return TargetBase(str(ref.path), read_base(ref.path, show_progress=progress, settings=settings), ref.path, None)
 
 
-def _run(settings: Settings, source: PatchSource, target: TargetBase) -> CheckOutcome:
+def _drift_source(settings: Settings, source: PatchSource, given: Path | None) -> Path:
+    """The source base directory to measure drift from: ``given``, else the manifest's source path
+    when it still exists; its weights must be the ones the patch was trained on."""
+    from patchctl.api import read_base
+
+    if given is None:
+        recorded = Path(source.manifest.source_base.repo) if source.manifest else None
+        if recorded is None or not recorded.is_dir():
+            raise InvalidInputError(
+                "drift needs the source base's weights: the manifest's source is not a local directory here; "
+                "pass --source-base DIR (the base the patch was trained on)"
+            )
+        given = recorded
+    if source.manifest is not None:
+        facts = read_base(given, settings=settings)
+        if facts.weights_sha256 != source.manifest.source_base.weights_sha256:
+            raise InvalidInputError(
+                f"{given} is not the base {source.ref} was trained on "
+                f"(weights {facts.weights_sha256[:12]}, patch.json says {source.manifest.source_base.weights_sha256[:12]})"
+            )
+    return given
+
+
+def _run(
+    settings: Settings, source: PatchSource, target: TargetBase, *, drift_from: Path | None = None, drift: bool = False
+) -> CheckOutcome:
     from patchctl import api
-    from patchctl.checks import read_adapter_for_checks, run_checks
+    from patchctl.checks import drift_report, read_adapter_for_checks, run_checks
 
     layout = read_adapter_for_checks(source.adapter_dir)
     report_id = None
@@ -160,6 +185,11 @@ def _run(settings: Settings, source: PatchSource, target: TargetBase) -> CheckOu
         report = run_checks(
             layout, target.facts, manifest=source.manifest, target_ancestors=ancestors, patch=source.ref
         )
+        if drift:
+            if target.local_dir is None:
+                raise InvalidInputError("drift needs the target base's weights locally (not an hf:// base)")
+            extra = drift_report(layout, _drift_source(settings, source, drift_from), target.local_dir)
+            report = report.model_copy(update={"results": (*report.results, extra)})
         if source.version is not None:
             rec = cat.record_compat_report(
                 source.version.name,
@@ -220,11 +250,22 @@ def _import_merge_engine_in_background() -> None:
     threading.Thread(target=load, name="patchctl-import-merge", daemon=True).start()
 
 
-def check(settings: Settings, patch: str, *, onto: str, progress: bool = True) -> CheckOutcome:
-    """Run every compatibility check of ``patch`` against the base ``onto`` (a directory or hf://)."""
+def check(
+    settings: Settings,
+    patch: str,
+    *,
+    onto: str,
+    progress: bool = True,
+    drift: bool = False,
+    source_base: Path | None = None,
+) -> CheckOutcome:
+    """Run every compatibility check of ``patch`` against the base ``onto`` (a directory or hf://).
+
+    ``drift`` adds the ``drift`` check (per-module ‖W′−W‖/‖W‖ and against ‖s·B·A‖), which reads
+    both bases' weights: the source base is ``source_base`` or the manifest's source directory."""
     target = _target_base(settings, onto, progress=progress)
     with _patch_source(settings, patch, progress=progress) as source:
-        return _run(settings, source, target)
+        return _run(settings, source, target, drift=drift or source_base is not None, drift_from=source_base)
 
 
 def install(

@@ -38,9 +38,19 @@ def report_json(report: CompatReport) -> dict[str, object]:
 @click.command("check")
 @click.argument("patch")
 @click.option("--onto", required=True, help="Target base: a local model directory or hf://org/repo[@rev].")
+@click.option(
+    "--drift",
+    is_flag=True,
+    help="Also measure weight drift per patched module (reads both bases' weights; local bases only).",
+)
+@click.option(
+    "--source-base",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The base the patch was trained on, for --drift (default: the manifest's source directory).",
+)
 @json_option
 @click.pass_obj
-def check_cmd(settings: Settings, patch: str, onto: str, as_json: bool) -> None:
+def check_cmd(settings: Settings, patch: str, onto: str, drift: bool, source_base: Path | None, as_json: bool) -> None:
     """Run the compatibility checks of PATCH against the base given by --onto.
 
     PATCH is a catalog reference (org/name, org/name==1.*, org/name@alias), a remote
@@ -48,7 +58,7 @@ def check_cmd(settings: Settings, patch: str, onto: str, as_json: bool) -> None:
     safetensors headers of the base are read (over HTTP range requests for hf:// bases). The
     report is logged in the catalog. Exit code: 0 all pass, 20 warnings, 21 failures.
     """
-    outcome = api.check(settings, patch, onto=onto, progress=not as_json)
+    outcome = api.check(settings, patch, onto=onto, progress=not as_json, drift=drift, source_base=source_base)
     if as_json:
         print_json({"report_id": outcome.report_id, **report_json(outcome.report)})
     else:
