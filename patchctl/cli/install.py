@@ -54,9 +54,11 @@ def check_cmd(settings: Settings, patch: str, onto: str, drift: bool, source_bas
     """Run the compatibility checks of PATCH against the base given by --onto.
 
     PATCH is a catalog reference (org/name, org/name==1.*, org/name@alias), a remote
-    (hf://org/repo@v1.0, file:///dir) or a local adapter directory (./dir). Only config.json and
-    safetensors headers of the base are read (over HTTP range requests for hf:// bases). The
-    report is logged in the catalog. Exit code: 0 all pass, 20 warnings, 21 failures.
+    (hf://org/repo@v1.0, file:///dir) or a local adapter directory (./dir). The checks read the
+    base's config.json, tokenizer files and safetensors headers (hf:// bases over HTTP range
+    requests: no weights downloaded); a local base's weight files are hashed once for its
+    fingerprint (remembered while unchanged). The report is logged in the catalog.
+    Exit code: 0 all pass, 20 warnings, 21 failures.
     """
     outcome = api.check(settings, patch, onto=onto, progress=not as_json, drift=drift, source_base=source_base)
     if as_json:
