@@ -13,8 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -88,8 +87,9 @@ def _clean_stale_materializations(home: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-@contextmanager
-def _patch_source(settings: Settings, text: str, *, progress: bool) -> Iterator[PatchSource]:
+def _patch_source(settings: Settings, text: str, *, progress: bool) -> PatchSource:
+    """The patch a user named, ready to check: a local adapter directory as it is, or a catalog
+    (or remote, pulled first) version laid out under the home."""
     from patchctl import api
 
     ref = parse_patch_ref(text)
@@ -100,8 +100,7 @@ def _patch_source(settings: Settings, text: str, *, progress: bool) -> Iterator[
         mpath = adapter_dir / MANIFEST_FILE
         manifest = Manifest.read(mpath) if mpath.is_file() else None
         # an absolute path: the ref lands in reports and provenance, read later from elsewhere
-        yield PatchSource(str(adapter_dir.resolve()), adapter_dir, manifest, None)
-        return
+        return PatchSource(str(adapter_dir.resolve()), adapter_dir, manifest, None)
     if isinstance(ref, (HubRef, RemoteRef)):
         version = api.pull(settings, text, progress=progress).version
     else:
@@ -111,7 +110,7 @@ def _patch_source(settings: Settings, text: str, *, progress: bool) -> Iterator[
         version = resolved.version
         if version.yanked:
             log.warning("%s is yanked%s", version.ref, f": {version.yank_reason}" if version.yank_reason else "")
-    yield PatchSource(version.ref, _materialized(settings, version), version.manifest, version)
+    return PatchSource(version.ref, _materialized(settings, version), version.manifest, version)
 
 
 def _materialized(settings: Settings, version: VersionInfo) -> Path:
@@ -204,7 +203,7 @@ def _run(
 
 
 def _plan_summary(plan: MergePlan | None, source: PatchSource) -> dict[str, Any] | None:
-    """The plan as data, naming the patch by its ref (its adapter directory is a temporary copy)."""
+    """The plan as data, naming the patch by its ref rather than the directory it was laid out in."""
     if plan is None:
         return None
     summary = plan.summary()
@@ -264,8 +263,8 @@ def check(
     ``drift`` adds the ``drift`` check (per-module ‖W′−W‖/‖W‖ and against ‖s·B·A‖), which reads
     both bases' weights: the source base is ``source_base`` or the manifest's source directory."""
     target = _target_base(settings, onto, progress=progress)
-    with _patch_source(settings, patch, progress=progress) as source:
-        return _run(settings, source, target, drift=drift or source_base is not None, drift_from=source_base)
+    source = _patch_source(settings, patch, progress=progress)
+    return _run(settings, source, target, drift=drift or source_base is not None, drift_from=source_base)
 
 
 def install(
@@ -301,68 +300,68 @@ def install(
     if format == "merged" and not dry_run:
         _import_merge_engine_in_background()
     target = _target_base(settings, onto, progress=progress)
-    with _patch_source(settings, patch, progress=progress) as source:
-        outcome = _run(settings, source, target)
-        report = outcome.report
-        if on_report is not None:
-            on_report(report)
-        if report.failed and not force:
-            raise CheckFailedError(
-                f"{report.summary()}; refusing to install",
-                hint=f"`patchctl check {patch} --onto {onto}` shows every check; --force installs anyway (logged)",
-                report=report,
-            )
-        if report.failed:
-            log.warning("installing despite failed checks (--force): %s", ", ".join(r.name for r in report.failed))
-        layout = read_adapter(source.adapter_dir)  # unsupported variants stop here, even with --force
-        forced = bool(force and report.failed)
-        provenance = {
-            "patch": source.ref,
-            "manifest_content_digest": source.manifest.content_digest if source.manifest else None,
-            "compat_status": report.status,
-            "compat_report_id": outcome.report_id,
-            "forced": forced,
-            "base_source": target.facts.source,
-            "base_revision": target.facts.revision,
-        }
-        plan = plan_merge(layout, target.local_dir) if format == "merged" and target.local_dir else None
-        if dry_run:
-            return InstallOutcome(outcome, format, out, True, forced, _plan_summary(plan, source), None, None)
-        assert out is not None
-        if format == "merged":
-            if plan is None:  # a Hub base: download only now that the checks passed
-                plan = plan_merge(layout, _download_checked_base(target, progress=progress))
-            from patchctl.merge import execute_merge  # torch: only now
-
-            result = execute_merge(
-                plan,
-                out,
-                force=force,
-                progress=RichMergeProgress(f"installing {source.ref}") if progress else None,
-                provenance=provenance,
-                base_weights_sha256=target.facts.weights_sha256,
-            )
-        else:
-            result = write_rebased_adapter(
-                layout,
-                out,
-                base_model_name_or_path=target.hub.repo_id if target.hub else target.facts.source,
-                revision=target.facts.revision,
-                force=force,
-                provenance=provenance,
-            )
-        install_id = None
-        if source.version is not None:
-            with api.catalog(settings) as cat:
-                install_id = cat.record_install(
-                    source.version.name,
-                    source.version.version,
-                    base_weights_sha256=target.facts.weights_sha256,
-                    out_path=str(result.out_dir),
-                    format=format,
-                    forced=forced,
-                    report_id=outcome.report_id,
-                ).id
-        return InstallOutcome(
-            outcome, format, result.out_dir, False, forced, _plan_summary(plan, source), result.to_dict(), install_id
+    source = _patch_source(settings, patch, progress=progress)
+    outcome = _run(settings, source, target)
+    report = outcome.report
+    if on_report is not None:
+        on_report(report)
+    if report.failed and not force:
+        raise CheckFailedError(
+            f"{report.summary()}; refusing to install",
+            hint=f"`patchctl check {patch} --onto {onto}` shows every check; --force installs anyway (logged)",
+            report=report,
         )
+    if report.failed:
+        log.warning("installing despite failed checks (--force): %s", ", ".join(r.name for r in report.failed))
+    layout = read_adapter(source.adapter_dir)  # unsupported variants stop here, even with --force
+    forced = bool(force and report.failed)
+    provenance = {
+        "patch": source.ref,
+        "manifest_content_digest": source.manifest.content_digest if source.manifest else None,
+        "compat_status": report.status,
+        "compat_report_id": outcome.report_id,
+        "forced": forced,
+        "base_source": target.facts.source,
+        "base_revision": target.facts.revision,
+    }
+    plan = plan_merge(layout, target.local_dir) if format == "merged" and target.local_dir else None
+    if dry_run:
+        return InstallOutcome(outcome, format, out, True, forced, _plan_summary(plan, source), None, None)
+    assert out is not None
+    if format == "merged":
+        if plan is None:  # a Hub base: download only now that the checks passed
+            plan = plan_merge(layout, _download_checked_base(target, progress=progress))
+        from patchctl.merge import execute_merge  # torch: only now
+
+        result = execute_merge(
+            plan,
+            out,
+            force=force,
+            progress=RichMergeProgress(f"installing {source.ref}") if progress else None,
+            provenance=provenance,
+            base_weights_sha256=target.facts.weights_sha256,
+        )
+    else:
+        result = write_rebased_adapter(
+            layout,
+            out,
+            base_model_name_or_path=target.hub.repo_id if target.hub else target.facts.source,
+            revision=target.facts.revision,
+            force=force,
+            provenance=provenance,
+        )
+    install_id = None
+    if source.version is not None:
+        with api.catalog(settings) as cat:
+            install_id = cat.record_install(
+                source.version.name,
+                source.version.version,
+                base_weights_sha256=target.facts.weights_sha256,
+                out_path=str(result.out_dir),
+                format=format,
+                forced=forced,
+                report_id=outcome.report_id,
+            ).id
+    return InstallOutcome(
+        outcome, format, result.out_dir, False, forced, _plan_summary(plan, source), result.to_dict(), install_id
+    )
