@@ -194,16 +194,25 @@ def test_integer_and_fp8_weights_fail_dtype(check, edit_dir, tmp_path: Path, pic
         assert Q_PROJ0 in result.detail and ("I8" if name == "int8" else "F8_E4M3") in result.detail
 
 
-def test_gptq_style_tensors_fail_dtype(check, edit_dir, tmp_path: Path, pico_llama: Path, llama_adapter: Path) -> None:
-    def gptq(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        t["model.layers.0.mlp.up_proj.qweight"] = torch.zeros(4, 64, dtype=torch.int32)
-        t["model.layers.0.mlp.up_proj.scales"] = torch.ones(1, 64, dtype=torch.float16)
-        return t
+def test_gptq_style_tensors_fail_dtype_only_on_targets(
+    check, edit_dir, tmp_path: Path, pico_llama: Path, llama_adapter: Path
+) -> None:
+    def gptq(module: str):
+        def edit(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            t[f"{module}.qweight"] = torch.zeros(4, 64, dtype=torch.int32)
+            t[f"{module}.scales"] = torch.ones(1, 64, dtype=torch.float16)
+            return t
 
-    base = edit_dir(pico_llama, tmp_path / "gptq", tensors=gptq)
-    result = check(llama_adapter, base, source=pico_llama).result("dtype")
-    assert result.status == "fail"
-    assert result.data["quantized_tensors"] == 2
+        return edit
+
+    on_target = edit_dir(pico_llama, tmp_path / "gptq-q", tensors=gptq("model.layers.0.self_attn.q_proj"))
+    result = check(llama_adapter, on_target, source=pico_llama).result("dtype")
+    assert result.status == "fail" and "model.layers.0.self_attn.q_proj (quantized" in result.detail
+    # a quantized module the patch does not touch is copied as it is: a warning, not a refusal
+    elsewhere = edit_dir(pico_llama, tmp_path / "gptq-up", tensors=gptq("model.layers.0.mlp.up_proj"))
+    result = check(llama_adapter, elsewhere, source=pico_llama).result("dtype")
+    assert result.status == "warn" and "model.layers.0.mlp.up_proj" in result.detail
+    assert result.data["quantized_modules_elsewhere"] == 1
 
 
 def test_f64_targets_warn(check, edit_dir, tmp_path: Path, pico_llama: Path, llama_adapter: Path) -> None:
