@@ -40,7 +40,7 @@ def check_dtype(ctx: CheckContext) -> CheckResult:
     counts = Counter(t.dtype for t in base.tensors.values())
     target_names = sorted({*ctx.mapping.targets.values(), *ctx.mapping.tied.values()} & set(base.tensors))
     target_dtypes = Counter(base.tensors[n].dtype for n in target_names)
-    data = {
+    data: dict[str, object] = {
         "base_dtypes": dict(sorted(counts.items())),
         "target_dtypes": dict(sorted(target_dtypes.items())),
         "quantization": base.quantization,
