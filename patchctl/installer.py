@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from patchctl import __version__
 from patchctl._fs import pid_alive
-from patchctl.errors import CheckFailedError, ConflictError, IntegrityError, InvalidInputError, NotFoundError
+from patchctl.errors import (
+    CheckFailedError,
+    ConflictError,
+    IntegrityError,
+    InvalidInputError,
+    NotFoundError,
+    RefError,
+)
 from patchctl.registry.records import VersionInfo
 from patchctl.schemas.base import BaseFacts
 from patchctl.schemas.manifest import MANIFEST_FILE, Manifest
@@ -87,12 +94,45 @@ def _clean_stale_materializations(home: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
+def patch_ref_or_directory(settings: Settings, text: str) -> PatchRef | HubRef | RemoteRef | PathRef:
+    """What a user typed for a patch, where an existing directory wins: ``runs/x/adapter`` (no
+    ``./``) is that directory, not a patch name. When the text is both a directory and a patch in
+    the catalog, the directory is used and a one-line note on stderr says how to name the catalog
+    patch instead (a version, specifier or alias: ``org/name==1.0``, ``org/name@stable``)."""
+    stripped = text.strip()
+    if stripped.startswith(("hf://", "file://")) or not stripped or not Path(stripped).expanduser().is_dir():
+        try:
+            return parse_patch_ref(stripped)
+        except RefError as exc:
+            if stripped.count("/") > 1 and "://" not in stripped:
+                raise RefError(f"{stripped}: no such directory, and not a patch name (org/name)") from None
+            raise exc from None
+    try:
+        named = parse_patch_ref(stripped)
+    except RefError:
+        named = None
+    if isinstance(named, PatchRef) and named.version is None and named.spec is None and named.alias is None:
+        from patchctl import api
+
+        with api.catalog(settings) as cat:
+            in_catalog = named.name in {p.name for p in cat.list_patches(named.name.split("/", 1)[0])}
+        if in_catalog:
+            log.warning(
+                "note: %r is both a local directory and a catalog patch; using the directory "
+                "(name a version for the catalog patch, e.g. %s@stable or %s==1.0)",
+                stripped,
+                named.name,
+                named.name,
+            )
+    return PathRef(Path(stripped).expanduser())
+
+
 def _patch_source(settings: Settings, text: str, *, progress: bool) -> PatchSource:
     """The patch a user named, ready to check: a local adapter directory as it is, or a catalog
     (or remote, pulled first) version laid out under the home."""
     from patchctl import api
 
-    ref = parse_patch_ref(text)
+    ref = patch_ref_or_directory(settings, text)
     if isinstance(ref, PathRef):
         adapter_dir = ref.path
         if not adapter_dir.is_dir():
