@@ -37,6 +37,7 @@ __all__ = [
     "LoraPair",
     "Replacement",
     "is_lm_head",
+    "language_model_path",
     "map_to_base",
     "read_adapter",
     "resolve_base_name",
@@ -229,7 +230,20 @@ def resolve_base_name(name: str, base_names: Iterable[str] | set[str]) -> tuple[
     if name in names:
         return name, [name]
     cands = sorted(b for b in names if b.endswith("." + name) or name.endswith("." + b))
+    if not cands:  # a text model's patch on its multimodal wrapper, or the reverse (checks._family)
+        text = language_model_path(name)
+        cands = sorted(b for b in names if language_model_path(b) == text)
     return (cands[0] if len(cands) == 1 else None), cands
+
+
+_LANGUAGE_MODEL = re.compile(r"(^|\.)language_model\.")
+
+
+def language_model_path(name: str) -> str:
+    """A tensor name with the multimodal wrapper's ``language_model.`` segment removed:
+    ``model.language_model.layers.0...`` (transformers 5) and ``language_model.model.layers.0...``
+    (4.x) both become the text model's ``model.layers.0...``."""
+    return _LANGUAGE_MODEL.sub(r"\1", name, count=1)
 
 
 LM_HEAD = "lm_head.weight"

@@ -22,13 +22,14 @@ from typing import Any, BinaryIO
 
 from patchctl._fs import HashCache, sha256_file
 from patchctl.errors import InvalidInputError, UnsupportedError
-from patchctl.schemas.base import BaseFacts, Family, TensorInfo, WeightFile
+from patchctl.schemas.base import BaseFacts, Family, FamilyDetails, TensorInfo, WeightFile
 
 __all__ = [
     "INDEX_FILE",
     "MAX_HEADER_BYTES",
     "TOKENIZER_FILES",
     "base_facts_from_parts",
+    "family_details",
     "family_from_config",
     "header_length",
     "parse_safetensors_header",
@@ -130,6 +131,94 @@ def family_from_config(config: Mapping[str, Any], *, source: str = "config.json"
         vocab_size=pick("vocab_size"),
         dtype=pick("dtype", "torch_dtype"),
         tie_word_embeddings=pick("tie_word_embeddings"),
+        details=family_details(config, text),
+    )
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _rope(config: Mapping[str, Any]) -> tuple[float | None, dict[str, Any] | None]:
+    """``(rope_theta, rope_scaling)`` normalised, from ``rope_theta``/``rope_scaling`` or the
+    transformers-5 ``rope_parameters`` (per layer type where it is keyed by layer type)."""
+    theta = _float(config.get("rope_theta"))
+    scaling = config.get("rope_scaling")
+    params = config.get("rope_parameters")
+    if isinstance(params, Mapping):
+        if params and all(isinstance(v, Mapping) for v in params.values()):  # {"full_attention": {...}, ...}
+            per_type = {k: _rope({"rope_parameters": v}) for k, v in sorted(params.items())}
+            thetas = {t for t, _ in per_type.values() if t is not None}
+            if theta is None and len(thetas) == 1:
+                theta = thetas.pop()
+            elif theta is None and thetas:
+                scaling = {k: {"rope_theta": t, **(sc or {})} for k, (t, sc) in per_type.items()}
+                return None, scaling
+            scalings = {k: sc for k, (_, sc) in per_type.items() if sc}
+            return theta, scalings or None
+        if theta is None:
+            theta = _float(params.get("rope_theta"))
+        if scaling is None:
+            scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    if not isinstance(scaling, Mapping):
+        return theta, None
+    norm = {("rope_type" if k == "type" else str(k)): v for k, v in scaling.items() if k != "rope_theta"}
+    if theta is None:
+        theta = _float(scaling.get("rope_theta"))
+    if not norm or norm == {"rope_type": "default"}:
+        return theta, None
+    return theta, dict(sorted(norm.items()))
+
+
+def family_details(config: Mapping[str, Any], text: Mapping[str, Any] | None = None) -> FamilyDetails:
+    """The facts that change what a patch means (heads, rope, context, activation, norm eps...)."""
+    text = text if isinstance(text, Mapping) else {}
+
+    def pick(*keys: str) -> Any:
+        for key in keys:
+            for src in (text, config):  # a wrapper's language model first
+                if src.get(key) is not None:
+                    return src[key]
+        return None
+
+    heads = _int(pick("num_attention_heads", "n_head", "num_heads", "n_heads"))
+    kv = _int(pick("num_key_value_heads", "num_kv_heads", "n_head_kv", "multi_query_group_num"))
+    if kv is None and pick("multi_query") is True:
+        kv = 1
+    hidden = _int(pick("hidden_size", "n_embd", "d_model"))
+    head_dim = _int(pick("head_dim"))
+    if head_dim is None and heads and hidden and hidden % heads == 0:
+        head_dim = hidden // heads
+    theta, scaling = _rope(text if ("rope_theta" in text or "rope_parameters" in text) else config)
+    window = _int(pick("sliding_window"))
+    if pick("use_sliding_window") is False:
+        window = None
+    act = pick("hidden_activation", "hidden_act", "activation_function", "activation")
+    specials: dict[str, int | tuple[int, ...]] = {}
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
+        v = pick(key)
+        if isinstance(v, list) and all(_int(x) is not None for x in v):
+            specials[key.removesuffix("_token_id")] = tuple(v) if len(v) != 1 else v[0]
+        elif _int(v) is not None:
+            specials[key.removesuffix("_token_id")] = v
+    text_type = text.get("model_type")
+    return FamilyDetails(
+        text_model_type=text_type if isinstance(text_type, str) else None,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        head_dim=head_dim,
+        intermediate_size=_int(pick("intermediate_size", "n_inner", "ffn_dim", "d_ff", "ffn_hidden_size")),
+        rope_theta=theta,
+        rope_scaling=scaling,
+        max_position_embeddings=_int(pick("max_position_embeddings", "n_positions", "max_sequence_length")),
+        sliding_window=window,
+        hidden_act=str(act) if isinstance(act, str) else None,
+        norm_eps=_float(pick("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_epsilon", "norm_eps")),
+        special_token_ids=specials,
     )
 
 

@@ -19,7 +19,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from patchctl.errors import ManifestError
 from patchctl.schemas._common import SafeRelPath, Sha256, StrictModel, format_validation_error
-from patchctl.schemas.base import Family
+from patchctl.schemas.base import Family, TokenizerFacts
 
 __all__ = [
     "MANIFEST_FILE",
@@ -99,6 +99,8 @@ class SourceBase(StrictModel):
     family: Family
     #: sha256 over the base's tokenizer files (``patchctl.bases.TOKENIZER_FILES``), None if it had none
     tokenizer_sha256: Sha256 | None = None
+    #: what gives tokens their ids (``vocab`` compares this, not file bytes); None in older manifests
+    tokenizer: TokenizerFacts | None = None
 
 
 class EvalResult(StrictModel):

@@ -25,7 +25,7 @@ def test_gpt2_adapter_on_llama_base_fails(check, pico_llama: Path, pico_gpt2: Pa
     report = check(gpt2_adapter, pico_llama, source=pico_gpt2)
     s = statuses(report)
     assert (s["family"], s["coverage"], s["lineage"]) == ("fail", "fail", "fail")
-    assert "model_type gpt2 ≠ llama" in report.result("family").detail
+    assert "model_type gpt2 → llama" in report.result("family").detail
     assert report.result("lineage").data["relation"] == "different_family"
     assert report.result("coverage").data["unmatched"] == 2
     assert report.exit_code() == 21
@@ -38,7 +38,7 @@ def test_other_layer_count_fails_family_and_coverage(
     # trained on a 3-layer Llama, applied to the 2-layer one: layer 2 has nowhere to go
     report = check(llama_3layers_adapter, pico_llama, source=llama_3layers)
     s = statuses(report)
-    assert s["family"] == "fail" and "num_hidden_layers 3 ≠ 2" in report.result("family").detail
+    assert s["family"] == "fail" and "num_hidden_layers 3 → 2" in report.result("family").detail
     cov = report.result("coverage")
     assert cov.status == "fail"
     assert (cov.data["matched"], cov.data["unmatched"]) == (4, 2)
@@ -52,7 +52,9 @@ def test_other_architecture_warns(check, edit_dir, tmp_path: Path, pico_llama: P
     base = edit_dir(pico_llama, tmp_path / "cls", config={"architectures": ["LlamaForSequenceClassification"]})
     report = check(llama_adapter, base, source=pico_llama)
     family = report.result("family")
-    assert family.status == "warn" and "architectures differ" in family.detail
+    assert (
+        family.status == "warn" and "architectures LlamaForCausalLM → LlamaForSequenceClassification" in family.detail
+    )
 
 
 # --- coverage -------------------------------------------------------------------------------
