@@ -252,6 +252,7 @@ def prepare_push(
             structure_sha256=facts.structure_sha256,
             family=facts.family,
             tokenizer_sha256=facts.tokenizer_sha256,
+            tokenizer=facts.tokenizer,
         ),
         files=files,
     )

@@ -22,7 +22,8 @@ from typing import Any, BinaryIO
 
 from patchctl._fs import HashCache, sha256_file
 from patchctl.errors import InvalidInputError, UnsupportedError
-from patchctl.schemas.base import BaseFacts, Family, FamilyDetails, TensorInfo, WeightFile
+from patchctl.schemas.base import BaseFacts, Family, FamilyDetails, TensorInfo, TokenizerFacts, WeightFile
+from patchctl.tokenids import read_local_tokenizer
 
 __all__ = [
     "INDEX_FILE",
@@ -254,6 +255,7 @@ def base_facts_from_parts(
     files: Iterable[tuple[str, str, int]],
     headers: Mapping[str, Mapping[str, Any]],
     tokenizer_files: Iterable[tuple[str, str]] = (),
+    tokenizer: TokenizerFacts | None = None,
 ) -> BaseFacts:
     """Assemble :class:`BaseFacts` from a config, ``(path, sha256, size)`` of each weight file and
     each file's safetensors header. Shared by local directories and remote (Hub) bases."""
@@ -280,6 +282,7 @@ def base_facts_from_parts(
         weight_files=wfiles,
         tensors=tensors,
         tokenizer_sha256=tokenizer_fingerprint(tok) if tok else None,
+        tokenizer=tokenizer,
         quantization=quant,
     )
 
@@ -326,4 +329,5 @@ def read_local_base(
         files=files,
         headers=headers,
         tokenizer_files=tok,
+        tokenizer=read_local_tokenizer(base_dir),
     )

@@ -13,10 +13,20 @@ from patchctl.schemas.base import BaseFacts
 from patchctl.schemas.manifest import Manifest, SourceBase
 from patchctl.schemas.report import CheckResult, CheckStatus
 
-__all__ = ["CHECKS", "Check", "CheckContext", "register", "result"]
+__all__ = ["CHECKS", "Check", "CheckContext", "is_vocab_tensor", "register", "result"]
 
-#: names of base tensors that hold the vocabulary (input embeddings, output head), any architecture
-_VOCAB_NAME = re.compile(r"(^|\.)(embed_tokens|wte|lm_head|embed_in|embed_out|word_embeddings|shared)(\.|$)")
+#: modules whose rows are token ids (input embeddings, output heads), by name, any architecture
+_VOCAB_MODULE = re.compile(
+    r"(^|\.)(embed_tokens|wte|word_embeddings|shared|embed_in|embed_out|lm_head|output_layer|tok_embeddings)$|^output$"
+)
+#: per-token tensors that are not a module's weight (BART's ``final_logits_bias``)
+_VOCAB_TENSOR = re.compile(r"(^|\.)final_logits_bias$")
+
+
+def is_vocab_tensor(base_name: str) -> bool:
+    """A tensor indexed by token id: the weight or bias of an embedding / output head, by name."""
+    module, _, part = base_name.rpartition(".")
+    return bool(_VOCAB_TENSOR.search(base_name)) or (part in ("weight", "bias") and bool(_VOCAB_MODULE.search(module)))
 
 
 @dataclass(frozen=True)
@@ -39,27 +49,20 @@ class CheckContext:
 
     @cached_property
     def vocab_targets(self) -> tuple[str, ...]:
-        """Base tensors the patch changes that hold the vocabulary (embeddings, lm_head).
-
-        An embedding LoRA pair; or any patched base tensor (pair or replacement) that is 2-D with
-        ``vocab_size`` rows (``nn.Embedding`` and the output ``nn.Linear`` both are) or that is
-        named like an embedding / head.
-        """
-        vocab = {v for v in (self.base.family.vocab_size, _source_vocab(self)) if v}
+        """Base tensors indexed by token id that the patch changes: an embedding LoRA's target, and
+        any patched tensor of an input embedding or output head found by module name (``embed_tokens``,
+        ``wte``, ``word_embeddings``, ``shared``, ``lm_head``, ``embed_out``...), including an
+        ``lm_head`` target that lands on a tied embedding. Never by shape: an MLP as wide as the
+        vocabulary is not an embedding."""
         hits: set[str] = set()
         patched = [(p.target, p.kind == "embedding") for p in self.adapter.pairs]
+        patched += [(p.bias_target, False) for p in self.adapter.pairs if p.bias_key]
         patched += [(r.target, r.reason == "embedding_base_layer") for r in self.adapter.replacements]
         for target, is_embedding in patched:
-            base_name = self.mapping.targets.get(target, target)
-            info = self.base.tensors.get(base_name)
-            by_shape = info is not None and len(info.shape) == 2 and info.shape[0] in vocab
-            if is_embedding or by_shape or _VOCAB_NAME.search(base_name):
+            base_name = self.mapping.targets.get(target) or self.mapping.tied.get(target) or target
+            if is_embedding or is_vocab_tensor(base_name) or is_vocab_tensor(target):
                 hits.add(base_name)
         return tuple(sorted(hits))
-
-
-def _source_vocab(ctx: CheckContext) -> int | None:
-    return ctx.source.family.vocab_size if ctx.source is not None else None
 
 
 Check = Callable[[CheckContext], CheckResult]

@@ -7,7 +7,8 @@ would for the same files, from:
   non-LFS files are downloaded and hashed;
 - ``config.json`` (and ``model.safetensors.index.json`` for sharded bases): downloaded, small;
 - safetensors headers: HTTP range reads of the first ``8 + N`` bytes of each weight file;
-- the tokenizer fingerprint: LFS oid of each tokenizer file, else its downloaded bytes.
+- the tokenizer fingerprint: LFS oid of each tokenizer file, else its downloaded bytes; the
+  token-id fingerprint (``patchctl.tokenids``) from the tokenizer files, downloaded (small).
 
 :func:`download_base` downloads a base (config, weights, tokenizer) at a resolved commit into
 the HF cache, after the checks passed.
@@ -33,6 +34,7 @@ from patchctl.errors import InvalidInputError, UnsupportedError
 from patchctl.remotes._hf import hf_cache_dir, hf_endpoint, hub_errors, resolve_token
 from patchctl.schemas.base import BaseFacts
 from patchctl.schemas.refs import HubRef
+from patchctl.tokenids import tokenizer_facts
 
 if TYPE_CHECKING:
     from huggingface_hub.hf_api import RepoSibling
@@ -159,6 +161,8 @@ def remote_base_facts(ref: HubRef, *, token: str | None = None, endpoint: str | 
         size = s.size if s.size is not None else (s.lfs.size if s.lfs is not None else 0)
         files.append((name, hub.sha256(commit, s), int(size)))
     tok = [(n, hub.sha256(commit, siblings[n])) for n in TOKENIZER_FILES if n in siblings]
+    # token ids need the tokenizer files themselves (small next to the weights)
+    tokenizer = tokenizer_facts(lambda n: hub.read(commit, n) if n in siblings else None, source=hub.what)
     return base_facts_from_parts(
         source=f"hf://{hub.repo_id}",
         revision=commit,
@@ -166,6 +170,7 @@ def remote_base_facts(ref: HubRef, *, token: str | None = None, endpoint: str | 
         files=files,
         headers=headers,
         tokenizer_files=tok,
+        tokenizer=tokenizer,
     )
 
 

@@ -25,7 +25,9 @@ Tensors = dict[str, torch.Tensor]
 _UNSET: Any = object()
 
 
-def manifest_for(adapter_dir: Path, source: BaseFacts, *, tokenizer_sha256: str | None = _UNSET) -> Manifest:
+def manifest_for(
+    adapter_dir: Path, source: BaseFacts, *, tokenizer_sha256: str | None = _UNSET, tokenizer: Any = _UNSET
+) -> Manifest:
     """The patch.json a push of ``adapter_dir`` trained on ``source`` would write."""
     layout = read_adapter_for_checks(adapter_dir)
     files = [
@@ -47,6 +49,7 @@ def manifest_for(adapter_dir: Path, source: BaseFacts, *, tokenizer_sha256: str 
             structure_sha256=source.structure_sha256,
             family=source.family,
             tokenizer_sha256=source.tokenizer_sha256 if tokenizer_sha256 is _UNSET else tokenizer_sha256,
+            tokenizer=source.tokenizer if tokenizer is _UNSET else tokenizer,
         ),
         files=tuple(files),
     )
