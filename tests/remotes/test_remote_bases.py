@@ -25,6 +25,7 @@ def _same(remote: BaseFacts, local: BaseFacts) -> None:
     assert remote.tensors == local.tensors
     assert remote.family == local.family
     assert remote.tokenizer_sha256 == local.tokenizer_sha256
+    assert remote.tokenizer == local.tokenizer and local.tokenizer is not None
     assert remote.weight_files == local.weight_files
     assert remote.config == local.config
     assert remote.quantization == local.quantization
