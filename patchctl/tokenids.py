@@ -297,9 +297,8 @@ def compare_tokenizers(source: TokenizerFacts, target: TokenizerFacts) -> Tokeni
     reasons: list[str] = []
     new_tokens: list[int] = []
     if source.vocab_sha256 != target.vocab_sha256:
-        reasons.append(
-            f"vocabulary differs ({source.kind}, {source.num_tokens} ids → {target.kind}, {target.num_tokens})"
-        )
+        kinds = source.kind if source.kind == target.kind else f"{source.kind} → {target.kind}"
+        reasons.append(f"vocabulary differs ({source.num_tokens} → {target.num_tokens} ids, {kinds})")
     same_kind = source.kind == target.kind
     if same_kind and source.segmentation_sha256 != target.segmentation_sha256:
         what = "merges" if "BPE" in source.kind or source.kind == "vocab.json" else "piece scores/types"

@@ -79,7 +79,7 @@ def check_vocab(ctx: CheckContext) -> CheckResult:
     data["source_vocab_size"] = source_rows
     if source_rows is not None and target_rows is not None and source_rows != target_rows:
         if touched:
-            fails.append(f"vocabulary size {source_rows} → {target_rows} and {patched}")
+            fails.append(f"vocabulary size {source_rows} → {target_rows}")
         else:
             warns.append(
                 f"vocabulary size {source_rows} → {target_rows}; the patch does not touch embeddings or the output "
@@ -99,7 +99,7 @@ def check_vocab(ctx: CheckContext) -> CheckResult:
         if diff.relation == "differs":
             what = "token ids differ from the source's: " + "; ".join(diff.reasons)
             if touched:
-                fails.append(f"{what}; {patched} and their rows would mean other tokens")
+                fails.append(what)
             else:
                 warns.append(f"{what} (embeddings and the output head are not patched)")
         elif diff.relation == "extends":
@@ -124,7 +124,7 @@ def check_vocab(ctx: CheckContext) -> CheckResult:
                     "push the patch again with this patchctl) and the tokenizer files differ"
                 )
             if touched:
-                fails.append(f"{patched} and {why}: the token ids cannot be verified")
+                fails.append(f"{why}: the token ids cannot be verified")
             else:
                 warns.append(f"{why}; token ids not compared")
         data["token_ids"] = relation
@@ -134,7 +134,9 @@ def check_vocab(ctx: CheckContext) -> CheckResult:
 
     status: CheckStatus = "fail" if fails else ("warn" if warns else "pass")
     if fails:
-        head = "; ".join(fails + warns)
+        head = f"{patched}, but " + "; ".join(fails) + ": their rows would not mean the source's tokens"
+        if warns:
+            head += " (also " + "; ".join(warns) + ")"
     elif warns:
         head = "; ".join(warns)
     else:
