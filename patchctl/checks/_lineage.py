@@ -8,6 +8,7 @@ another family → fail.
 from __future__ import annotations
 
 from patchctl.checks._context import CheckContext, register, result
+from patchctl.checks._family import same_text_model
 from patchctl.schemas.report import CheckResult
 
 NAME = "lineage"
@@ -34,7 +35,7 @@ def check_lineage(ctx: CheckContext) -> CheckResult:
             relation="descendant",
             **data,
         )
-    if target.structure_sha256 == source.structure_sha256 or target.family.model_type == source.family.model_type:
+    if target.structure_sha256 == source.structure_sha256 or same_text_model(source.family, target.family):
         relation = "same_structure" if target.structure_sha256 == source.structure_sha256 else "same_family"
         return result(
             NAME,

@@ -119,6 +119,7 @@ def test_text_patch_on_multimodal_wrapper_and_back(
     report = check(llama_adapter, wrapped, source=pico_llama)
     family = report.result("family")
     assert family.status == "warn" and "model_type llama → mistral3 (same language model)" in family.detail
+    assert report.result("lineage").data["relation"] == "same_family"
     assert report.result("coverage").status == "pass", report.result("coverage").detail
     assert report.result("shapes").status == "pass"
     mapped = run_checks(read_adapter_for_checks(llama_adapter), read_local_base(wrapped))
