@@ -22,9 +22,14 @@ NAME = "acme/sst2"
 
 
 @pytest.fixture(scope="session")
-def pico_llama_vocab128(models_dir: Path) -> Path:
-    """A Llama of the same shape but another vocabulary: the q/v LoRA merges, the vocab check fails."""
-    return picomodels.make_base(models_dir / "pico-llama-vocab128", "llama", vocab=128)
+def pico_llama_as_mistral(models_dir: Path, pico_llama: Path) -> Path:
+    """Llama's tensors (updated) declared as another model_type: the q/v LoRA merges, the family
+    check fails. (Another vocabulary size no longer fails a q/v patch: it only warns.)"""
+    out = picomodels.make_updated_base(pico_llama, models_dir / "pico-llama-as-mistral")
+    cfg = json.loads((out / "config.json").read_text())
+    cfg.update(model_type="mistral", architectures=["MistralForCausalLM"])
+    (out / "config.json").write_text(json.dumps(cfg))
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -147,19 +152,19 @@ def test_failed_checks_refuse_install_and_write_nothing(
 
 
 def test_forced_install_is_recorded_as_forced(
-    settings: Settings, llama_adapter: Path, pico_llama: Path, pico_llama_vocab128: Path, tmp_path: Path
+    settings: Settings, llama_adapter: Path, pico_llama: Path, pico_llama_as_mistral: Path, tmp_path: Path
 ) -> None:
     _push(settings, llama_adapter, pico_llama)
     out = tmp_path / "out"
-    with pytest.raises(CheckFailedError, match="vocab"):
-        api.install(settings, NAME, onto=str(pico_llama_vocab128), out=out, progress=False)
-    outcome = api.install(settings, NAME, onto=str(pico_llama_vocab128), out=out, force=True, progress=False)
+    with pytest.raises(CheckFailedError, match="family"):
+        api.install(settings, NAME, onto=str(pico_llama_as_mistral), out=out, progress=False)
+    outcome = api.install(settings, NAME, onto=str(pico_llama_as_mistral), out=out, force=True, progress=False)
     assert outcome.forced
     assert json.loads((out / "patchctl.json").read_text())["provenance"]["forced"] is True
     [row] = api.show(settings, NAME).installs
     assert row.forced and row.id == outcome.install_id
     merged = load_file(out / "model.safetensors")
-    expected = _theta_plus_delta(pico_llama_vocab128, llama_adapter)
+    expected = _theta_plus_delta(pico_llama_as_mistral, llama_adapter)
     assert all(torch.equal(merged[k], expected[k]) for k in expected)
 
 

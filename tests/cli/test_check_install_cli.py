@@ -35,9 +35,14 @@ def theta_prime(models_dir: Path, pico_llama: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def other_vocab_llama(models_dir: Path) -> Path:
-    """Same Llama shapes, another vocabulary: the q/v patch merges, the vocab check fails."""
-    return picomodels.make_base(models_dir / "cli-pico-llama-vocab128", "llama", vocab=128)
+def other_family_llama(models_dir: Path, pico_llama: Path) -> Path:
+    """Llama's tensors (updated) declared as another model_type: the q/v patch merges, the family
+    check fails. (Another vocabulary size no longer fails a q/v patch: it only warns.)"""
+    out = picomodels.make_updated_base(pico_llama, models_dir / "cli-pico-llama-as-mistral")
+    cfg = json.loads((out / "config.json").read_text())
+    cfg.update(model_type="mistral", architectures=["MistralForCausalLM"])
+    (out / "config.json").write_text(json.dumps(cfg))
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +101,7 @@ def test_check_pass_then_lineage_warn_until_recorded(
 
 
 def test_failing_pair_check_and_install_exit_21(
-    home: Path, llama_adapter: Path, pico_llama: Path, pico_gpt2: Path, other_vocab_llama: Path, tmp_path: Path
+    home: Path, llama_adapter: Path, pico_llama: Path, pico_gpt2: Path, other_family_llama: Path, tmp_path: Path
 ) -> None:
     _pushed(home, None, llama_adapter, pico_llama)
     r = _cli(home, None, "check", NAME, "--onto", pico_gpt2)
@@ -114,24 +119,24 @@ def test_failing_pair_check_and_install_exit_21(
     assert refused["installed"] is False and refused["report"]["status"] == "fail"
     assert refused["report"]["exit_code"] == 21 and "refusing to install" in r.stderr
     # a dry run of a refused install is refused the same way (with --force it shows the plan)
-    r = _cli(home, None, "install", NAME, "--onto", other_vocab_llama, "--dry-run")
-    assert r.code == 21 and "vocab" in r.stderr and r.stdout == ""
-    r = _cli(home, None, "install", NAME, "--onto", other_vocab_llama, "--dry-run", "--force")
+    r = _cli(home, None, "install", NAME, "--onto", other_family_llama, "--dry-run")
+    assert r.code == 21 and "family" in r.stderr and r.stdout == ""
+    r = _cli(home, None, "install", NAME, "--onto", other_family_llama, "--dry-run", "--force")
     assert r.code == 0 and "4 of 21 tensors touched" in r.stdout
     assert not (tmp_path / "dest").exists()
     assert _show(home, None)["installs"] == []
 
 
 def test_forced_install_is_logged_as_forced(
-    db_url: str, home: Path, llama_adapter: Path, pico_llama: Path, other_vocab_llama: Path, tmp_path: Path
+    db_url: str, home: Path, llama_adapter: Path, pico_llama: Path, other_family_llama: Path, tmp_path: Path
 ) -> None:
     _pushed(home, db_url, llama_adapter, pico_llama)
     out = tmp_path / "out"
-    r = _cli(home, db_url, "install", NAME, "--onto", other_vocab_llama, "--out", out, "--force")
+    r = _cli(home, db_url, "install", NAME, "--onto", other_family_llama, "--out", out, "--force")
     assert r.code == 0, r.stderr
     assert r.stdout.strip() == str(out)
-    assert "FAIL (5 pass, 1 warn, 1 fail: vocab)" in r.stderr  # the report, on stderr
-    assert "warning: installed despite failed checks (vocab)" in r.stderr
+    assert "FAIL (5 pass, 0 warn, 2 fail: family, lineage)" in r.stderr  # the report, on stderr
+    assert "warning: installed despite failed checks (family, lineage)" in r.stderr
     assert json.loads((out / "patchctl.json").read_text())["provenance"]["forced"] is True
     installs = _show(home, db_url)["installs"]
     assert isinstance(installs, list)
