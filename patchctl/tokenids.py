@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,10 +32,13 @@ from typing import Any, Literal
 from patchctl.errors import InvalidInputError
 from patchctl.schemas.base import TokenizerFacts
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "TokenizerDiff",
     "compare_tokenizers",
     "read_local_tokenizer",
+    "readable_tokenizer_facts",
     "sentencepiece_pieces",
     "tokenizer_facts",
 ]
@@ -144,7 +148,7 @@ def _table(vocab: Mapping[str, Any]) -> list[str | None]:
 def _merges(merges: Any) -> list[list[str]]:
     out = []
     for m in merges or ():
-        out.append(m.split(" ", 1) if isinstance(m, str) else [str(x) for x in m])
+        out.append(m.split(" ", 1) if isinstance(m, str) else [str(x) for x in m] if isinstance(m, list) else [str(m)])
     return out
 
 
@@ -218,7 +222,8 @@ def tokenizer_facts(read: Callable[[str], bytes | None], *, source: str = "token
                     added[int(i)] = str(t.get("content") if isinstance(t, dict) else t)
         extra = read("added_tokens.json")
         if extra is not None:
-            for content, i in (_json(extra, f"{source}/added_tokens.json") or {}).items():
+            extra_map = _json(extra, f"{source}/added_tokens.json")
+            for content, i in extra_map.items() if isinstance(extra_map, dict) else ():
                 if isinstance(i, int):
                     added.setdefault(i, str(content))
     by_content = {tok: i for i, tok in enumerate(table) if tok is not None}
@@ -255,14 +260,25 @@ def tokenizer_facts(read: Callable[[str], bytes | None], *, source: str = "token
     )
 
 
+def readable_tokenizer_facts(read: Callable[[str], bytes | None], *, source: str) -> TokenizerFacts | None:
+    """:func:`tokenizer_facts`, or None with a logged warning when the files cannot be read as a
+    tokenizer: the ``vocab`` check then says the ids are unknown (a failure only for patches that
+    change token-indexed tensors), instead of the whole base being refused."""
+    try:
+        return tokenizer_facts(read, source=source)
+    except InvalidInputError as exc:
+        log.warning("token ids not fingerprinted: %s", exc)
+        return None
+
+
 def read_local_tokenizer(base_dir: Path) -> TokenizerFacts | None:
-    """:func:`tokenizer_facts` of a local model directory."""
+    """:func:`readable_tokenizer_facts` of a local model directory."""
 
     def read(name: str) -> bytes | None:
         path = Path(base_dir) / name
         return path.read_bytes() if path.is_file() else None
 
-    return tokenizer_facts(read, source=str(base_dir))
+    return readable_tokenizer_facts(read, source=str(base_dir))
 
 
 # -- comparing two -------------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def check_vocab(ctx: CheckContext) -> CheckResult:
         else:
             relation = "unknown"
             if dst_tok is None:
-                why = "the target base has no tokenizer files patchctl reads"
+                why = "the target base has no tokenizer patchctl can read"
             elif ctx.source.tokenizer_sha256 is None:
                 why = "the source tokenizer is unknown (the manifest recorded none)"
             else:

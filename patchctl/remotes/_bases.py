@@ -34,7 +34,7 @@ from patchctl.errors import InvalidInputError, UnsupportedError
 from patchctl.remotes._hf import hf_cache_dir, hf_endpoint, hub_errors, resolve_token
 from patchctl.schemas.base import BaseFacts
 from patchctl.schemas.refs import HubRef
-from patchctl.tokenids import tokenizer_facts
+from patchctl.tokenids import readable_tokenizer_facts
 
 if TYPE_CHECKING:
     from huggingface_hub.hf_api import RepoSibling
@@ -162,7 +162,7 @@ def remote_base_facts(ref: HubRef, *, token: str | None = None, endpoint: str | 
         files.append((name, hub.sha256(commit, s), int(size)))
     tok = [(n, hub.sha256(commit, siblings[n])) for n in TOKENIZER_FILES if n in siblings]
     # token ids need the tokenizer files themselves (small next to the weights)
-    tokenizer = tokenizer_facts(lambda n: hub.read(commit, n) if n in siblings else None, source=hub.what)
+    tokenizer = readable_tokenizer_facts(lambda n: hub.read(commit, n) if n in siblings else None, source=hub.what)
     return base_facts_from_parts(
         source=f"hf://{hub.repo_id}",
         revision=commit,

@@ -166,7 +166,7 @@ def test_unknown_token_ids_fail_only_when_vocab_rows_are_patched(
     source = read_local_base(pico_llama)
     emb = run_checks(read_adapter_for_checks(embed_adapter), target, manifest=make_manifest(embed_adapter, source))
     assert emb.result("vocab").status == "fail"
-    assert "the target base has no tokenizer files" in emb.result("vocab").detail
+    assert "the target base has no tokenizer patchctl can read" in emb.result("vocab").detail
     plain = run_checks(read_adapter_for_checks(llama_adapter), target, manifest=make_manifest(llama_adapter, source))
     assert plain.result("vocab").status == "warn"
 
@@ -183,3 +183,14 @@ def test_manifest_without_token_id_fingerprint(
     retok = read_local_base(_retok(edit_dir, pico_llama, tmp_path / "retok", model_max_length=128))
     other = run_checks(read_adapter_for_checks(embed_adapter), retok, manifest=old).result("vocab")
     assert other.status == "fail" and "push the patch again" in other.detail
+
+
+def test_unreadable_tokenizer_is_unknown_ids_not_a_refused_base(
+    check, edit_dir, tmp_path: Path, pico_llama: Path, embed_adapter: Path, llama_adapter: Path
+) -> None:
+    base = edit_dir(pico_llama, tmp_path / "broken")
+    (base / "tokenizer.json").write_text('{"model": 3}')
+    assert read_local_base(base).tokenizer is None
+    assert check(llama_adapter, base, source=pico_llama).result("vocab").status == "warn"
+    vocab = check(embed_adapter, base, source=pico_llama).result("vocab")
+    assert vocab.status == "fail" and "token ids cannot be verified" in vocab.detail
