@@ -7,8 +7,11 @@ PEFT saves keys as ``base_model.model.<module path>.<part>``:
 ``<m>.lora_A.weight`` / ``<m>.lora_B.weight``      a LoRA pair on a Linear/Conv1D module ``m``
 ``<m>.lora_B.bias``                                LoRA bias (``lora_bias=True``), added to ``m.bias``
 ``<m>.lora_embedding_A`` / ``<m>.lora_embedding_B``  a LoRA pair on an Embedding ``m``
-``<m>.base_layer.weight``                          embedding saved with the adapter (resized vocab):
-                                                   replaces the base's ``m.weight`` before the delta
+``<m>.base_layer.weight``                          θ's own embedding/head, saved by PEFT next to an
+                                                   embedding LoRA (``save_embedding_layers``): kept
+                                                   in the layout (checks name it) but never written
+                                                   onto θ′ (see :attr:`AdapterLayout.written_replacements`)
+``<m>.base_layer.bias``                            a trained bias (``bias="all"/"lora_only"``)
 anything else (``lm_head.weight``, ``<m>.bias``)   ``modules_to_save`` copies or trained biases:
                                                    replaces the base tensor of the same name
 =================================================  ============================================
@@ -101,6 +104,19 @@ class AdapterLayout:
         return self.path / ADAPTER_WEIGHTS
 
     @property
+    def written_replacements(self) -> tuple[Replacement, ...]:
+        """Replacements an install writes: everything but the copies of θ's own embedding/head
+        (``<m>.base_layer.weight``) that PEFT saves with an embedding LoRA. The install writes
+        θ′ + Δθ and nothing of θ, so the patched model is ``PeftModel`` on θ′ with the adapter
+        saved with ``save_embedding_layers=False``."""
+        return tuple(r for r in self.replacements if r.reason != "embedding_base_layer")
+
+    @property
+    def carried_base_layers(self) -> tuple[Replacement, ...]:
+        """The copies of θ's tensors the adapter carries (never written onto θ′)."""
+        return tuple(r for r in self.replacements if r.reason == "embedding_base_layer")
+
+    @property
     def total_parameters(self) -> int:
         return sum(prod(v["shape"]) for k, v in self.header.items() if k != "__metadata__")
 
@@ -172,9 +188,10 @@ def layout_from_header(adapter_dir: Path, config: AdapterConfig, header: dict[st
         elif m := _EMB.match(name):
             halves.setdefault(("embedding", m["m"]), {})[m["ab"]] = key
         elif m := _BASE_LAYER.match(name):
-            replacements.append(
-                Replacement(key, f"{m['m']}.{m['p']}", tuple(info["shape"]), info["dtype"], "embedding_base_layer")
-            )
+            # a trained bias of a LoRA-wrapped module (bias="all"/"lora_only") is saved under base_layer
+            # too; a base_layer weight is θ's own embedding/head (save_embedding_layers)
+            why: Literal["bias", "embedding_base_layer"] = "bias" if m["p"] == "bias" else "embedding_base_layer"
+            replacements.append(Replacement(key, f"{m['m']}.{m['p']}", tuple(info["shape"]), info["dtype"], why))
         elif _LORA_MARK.search(name):
             problems.append(f"{key}: unknown LoRA tensor (a variant patchctl does not support)")
         else:
@@ -278,7 +295,8 @@ class BaseMapping:
 def map_to_base(
     layout: AdapterLayout, base_names: Iterable[str], config: Mapping[str, Any] | None = None
 ) -> BaseMapping:
-    """Map every LoRA target (weight, and bias for lora_bias) and every replacement onto base tensors.
+    """Map every LoRA target (weight, and bias for lora_bias) and every written replacement onto
+    base tensors (carried ``base_layer`` copies of θ are not mapped: they are never written).
 
     With the base's ``config`` an ``lm_head`` target on a tied base maps through ``tied``."""
     names = set(base_names)
@@ -287,7 +305,7 @@ def map_to_base(
         wanted.append(p.target)
         if p.bias_key:
             wanted.append(p.bias_target)
-    wanted.extend(r.target for r in layout.replacements)
+    wanted.extend(r.target for r in layout.written_replacements)
     targets: dict[str, str] = {}
     unmatched: list[str] = []
     ambiguous: dict[str, tuple[str, ...]] = {}

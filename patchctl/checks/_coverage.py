@@ -48,5 +48,8 @@ def check_coverage(ctx: CheckContext) -> CheckResult:
         return result(NAME, "fail", "patch cannot be applied fully: " + "; ".join(problems), **data)
     detail = f"all {wanted} targets map to exactly one base tensor"
     if m.tied:
-        detail += f"; {', '.join(sorted(m.tied))} is tied to {next(iter(m.tied.values()))}: the head gets its own tensor (untied)"
+        detail += (
+            f"; {', '.join(sorted(m.tied))} is tied to {next(iter(m.tied.values()))}: "
+            "the head gets its own tensor (untied)"
+        )
     return result(NAME, "pass", detail, **data)

@@ -4,18 +4,17 @@ A plan is computed from headers only (the adapter's and the base's safetensors h
 ``config.json``); nothing is decoded. Everything that cannot be merged exactly is refused here,
 before a byte is written.
 
-Tied embeddings (``tie_word_embeddings``, no ``lm_head.weight`` in the files) follow what PEFT's
-``merge_and_unload`` leaves in memory:
+The install writes θ′ + Δθ and nothing of θ, so the merged model computes what ``PeftModel`` on θ′
+computes with the adapter saved with ``save_embedding_layers=False``:
 
-- a LoRA on ``lm_head`` gives the head its own tensor, embedding + delta, and unties, so the merged
-  model computes what PeftModel computes. (Here, and only here, we differ from PEFT's
-  ``merge_and_unload``, which adds the delta to the shared tensor and so also changes the input
-  embedding: a merged model that no longer behaves like the adapter.)
-- ``modules_to_save`` on ``lm_head`` gives the head its own copy: the output gains an
-  ``lm_head.weight`` tensor and ``config.json`` says ``tie_word_embeddings: false``;
-- ``modules_to_save`` on the input embedding likewise unties: ``lm_head.weight`` keeps the old
-  embedding, the embedding takes the adapter's tensor;
-- a saved ``base_layer.weight`` of the embedding replaces the shared tensor (stays tied).
+- copies of θ's embedding/head that PEFT saves inside an adapter (``<m>.base_layer.weight``) are
+  never written (:attr:`AdapterLayout.written_replacements`);
+- on a tied base (``tie_word_embeddings``, no ``lm_head.weight`` in the files), a patch that
+  changes one side of the shared matrix (a LoRA or ``modules_to_save`` on the head, or on the
+  input embedding) unties them: the output gains its own ``lm_head.weight`` (a copy of θ′'s
+  embedding, then the head's changes), the embedding gets only its own changes, and
+  ``config.json`` says ``tie_word_embeddings: false`` (:func:`_untie_plan`). PEFT's
+  ``merge_and_unload`` would add a one-sided delta to the shared tensor and change both sides.
 """
 
 from __future__ import annotations
@@ -27,7 +26,16 @@ from math import prod
 from pathlib import Path
 from typing import Any, Literal
 
-from patchctl.adapter import LM_HEAD, AdapterLayout, LoraPair, Replacement, is_lm_head, map_to_base, tied_embedding
+from patchctl.adapter import (
+    LM_HEAD,
+    AdapterLayout,
+    BaseMapping,
+    LoraPair,
+    Replacement,
+    is_lm_head,
+    map_to_base,
+    tied_embedding,
+)
 from patchctl.bases import INDEX_FILE, read_config, read_safetensors_header, weight_file_names
 from patchctl.errors import InvalidInputError, UnsupportedError
 
@@ -238,35 +246,24 @@ def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
         adapter.config.raw.get("ensure_weight_tying")
         and tied
         and (
-            any(is_lm_head(r.target) for r in adapter.replacements) or any(is_lm_head(p.target) for p in adapter.pairs)
+            any(is_lm_head(r.target) for r in adapter.written_replacements)
+            or any(is_lm_head(p.target) for p in adapter.pairs)
         )
     ):
         raise UnsupportedError("ensure_weight_tying with a patched tied lm_head is not supported by the merge engine")
     targets = dict(mapping.targets)
     unmatched = list(mapping.unmatched)
-    added: dict[str, str] = {}  # a tensor the output gains -> the tied base tensor it starts from
-    actions: dict[str, list[Action]] = {}  # output tensor -> changes, in order
-    config_changes: dict[str, Any] = {}
-    notes: list[str] = []
-    if tied:
-        for t in mapping.tied:
-            targets[t] = t
-            added[t] = tied
-            config_changes["tie_word_embeddings"] = False
-            if any(p.target == t for p in adapter.pairs):
-                actions[t] = [Action("copy_of", source=tied)]
-                notes.append(
-                    f"{t} was tied to {tied}: it gets its own tensor with the LoRA delta and {tied} stays as it "
-                    "was, as the adapter behaves in PeftModel (untied; PEFT's merge_and_unload would change both)"
-                )
-            else:
-                notes.append(f"{t} was tied to {tied}; modules_to_save gives it its own tensor (untied)")
-        for r in adapter.replacements:
-            if r.reason == "modules_to_save" and targets.get(r.target) == tied and LM_HEAD not in added:
-                added[LM_HEAD] = tied
-                actions[LM_HEAD] = [Action("copy_of", source=tied)]
-                config_changes["tie_word_embeddings"] = False
-                notes.append(f"{tied} is replaced (modules_to_save) and untied; {LM_HEAD} keeps the base embedding")
+    untie = _untie_plan(adapter, mapping, tied)
+    targets.update(untie.targets)
+    added = dict(untie.added)  # a tensor the output gains -> the tied base tensor it starts from
+    actions: dict[str, list[Action]] = {k: list(v) for k, v in untie.actions.items()}  # output tensor -> changes
+    config_changes: dict[str, Any] = dict(untie.config_changes)
+    notes: list[str] = list(untie.notes)
+    for r in adapter.carried_base_layers:
+        notes.append(
+            f"{r.key} is a copy of the source base's {r.target} (PEFT save_embedding_layers): not written; "
+            "this base's own tensor is used"
+        )
     if unmatched or mapping.ambiguous:
         parts = []
         if unmatched:
@@ -275,7 +272,7 @@ def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
             parts.append(f"{t} matches several base tensors ({', '.join(cands)})")
         raise InvalidInputError(f"{adapter.path} onto {base_dir}: " + "; ".join(parts))
 
-    for r in adapter.replacements:
+    for r in adapter.written_replacements:
         actions.setdefault(targets[r.target], []).append(Action("replace", replacement=r))
     conv1d_model = str(config.get("model_type")) in _CONV1D_MODEL_TYPES
     for p in adapter.pairs:
@@ -344,6 +341,59 @@ def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
         config_changes=config_changes,
         index_extra=index_extra,
         notes=tuple(notes),
+    )
+
+
+@dataclass(frozen=True)
+class _Untie:
+    """What a tied base (``tie_word_embeddings``, no head tensor in the files) needs when the
+    patch changes one side of the shared matrix."""
+
+    targets: dict[str, str] = field(default_factory=dict)
+    added: dict[str, str] = field(default_factory=dict)
+    actions: dict[str, tuple[Action, ...]] = field(default_factory=dict)
+    config_changes: dict[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+
+def _untie_plan(adapter: AdapterLayout, mapping: BaseMapping, tied: str | None) -> _Untie:
+    """Untie where the patch changes the head or the input embedding of a tied base.
+
+    In ``PeftModel`` a LoRA (or ``modules_to_save``) on one side of a tied matrix changes that
+    side only: the other keeps using the shared base tensor. So the output gains its own
+    ``lm_head.weight`` (starting as a copy of θ′'s embedding), each side gets its own changes,
+    and ``config.json`` says ``tie_word_embeddings: false``. (PEFT's ``merge_and_unload`` adds
+    the delta to the shared tensor instead, changing both sides: a model that no longer computes
+    what the adapter computes.)
+    """
+    if tied is None:
+        return _Untie()
+    head_targets = sorted(mapping.tied)
+    embedding_changed = any(mapping.targets.get(p.target) == tied for p in adapter.pairs) or any(
+        mapping.targets.get(r.target) == tied for r in adapter.written_replacements
+    )
+    if not head_targets and not embedding_changed:
+        return _Untie()
+    head = head_targets[0] if head_targets else LM_HEAD
+    if len(head_targets) > 1:
+        raise UnsupportedError(f"{', '.join(head_targets)}: several head targets on one tied embedding {tied}")
+    head_replaced = any(r.target == head for r in adapter.written_replacements)
+    head_lora = any(p.target == head for p in adapter.pairs)
+    changed = [
+        what
+        for what, yes in (("the head", head_replaced or head_lora), ("the input embedding", embedding_changed))
+        if yes
+    ]
+    note = (
+        f"{head} was tied to {tied}; the patch changes {' and '.join(changed)}: the output unties them "
+        f"({head} gets its own tensor), as the adapter behaves in PeftModel"
+    )
+    return _Untie(
+        targets={head: head},
+        added={head: tied},
+        actions={} if head_replaced else {head: (Action("copy_of", source=tied),)},
+        config_changes={"tie_word_embeddings": False},
+        notes=(note,),
     )
 
 
