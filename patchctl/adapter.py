@@ -43,6 +43,7 @@ __all__ = [
     "map_to_base",
     "read_adapter",
     "resolve_base_name",
+    "stored_transposed",
     "tied_embedding",
 ]
 
@@ -252,6 +253,34 @@ def resolve_base_name(name: str, base_names: Iterable[str] | set[str]) -> tuple[
 LM_HEAD = "lm_head.weight"
 #: input-embedding tensor names of common architectures, for tied lm_head handling
 EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight")
+
+
+#: transformers model types whose modules of these names are GPT-2 style ``Conv1D`` (weight stored
+#: as (in, out)), read from transformers' modeling files (tests/merge/test_layout.py keeps it in step
+#: with the installed transformers). Every other module is an ``nn.Linear`` (weight (out, in)).
+CONV1D_MODULES: dict[str, frozenset[str]] = {
+    "gpt2": frozenset({"c_attn", "q_attn", "c_proj", "c_fc"}),
+    "openai-gpt": frozenset({"c_attn", "c_proj", "c_fc"}),
+    "decision_transformer": frozenset({"c_attn", "q_attn", "c_proj", "c_fc"}),
+    "imagegpt": frozenset({"c_attn", "q_attn", "c_proj", "c_fc"}),
+    "clvp": frozenset({"c_proj", "c_fc"}),
+    "clvp_decoder": frozenset({"c_proj", "c_fc"}),
+    "clvp_encoder": frozenset({"c_proj", "c_fc"}),
+}
+
+
+def stored_transposed(model_type: object, base_name: str, kind: str = "linear") -> bool:
+    """THE layout rule, used by the ``shapes`` check and the merge alike: True when the base stores
+    the target's weight as (in, out) — a GPT-2 style ``Conv1D`` — so the delta ``B @ A`` (out, in)
+    is added transposed. Decided from the base (its model type and the module's name), never from
+    the adapter's ``fan_in_fan_out`` flag: PEFT forces the flag per module kind whatever the config
+    says, and saves the value of the last module it wrapped (``fan_in_fan_out=false`` for GPT-2
+    ``c_attn`` + ``lm_head``)."""
+    if kind != "linear":
+        return False
+    parts = base_name.split(".")
+    module = parts[-2] if len(parts) >= 2 else ""
+    return module in CONV1D_MODULES.get(str(model_type), frozenset())
 
 
 def is_lm_head(target: str) -> bool:

@@ -34,6 +34,7 @@ from patchctl.adapter import (
     Replacement,
     is_lm_head,
     map_to_base,
+    stored_transposed,
     tied_embedding,
 )
 from patchctl.bases import INDEX_FILE, read_config, read_safetensors_header, weight_file_names
@@ -65,9 +66,6 @@ FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 # other weight formats: never copied into a merged directory (they would hold the unmerged base)
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx", ".ot")
 _WEIGHT_INDEX_SUFFIXES = (".bin.index.json", ".h5.index.json", ".msgpack.index.json", ".safetensors.index.json")
-# transformers model types whose attention/MLP layers are Conv1D (weight stored as (in, out)); PEFT
-# forces fan_in_fan_out=True on Conv1D and False on nn.Linear whatever the adapter config says
-_CONV1D_MODEL_TYPES = ("gpt2", "openai-gpt", "decision_transformer", "imagegpt")
 
 
 @dataclass(frozen=True)
@@ -274,9 +272,8 @@ def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
 
     for r in adapter.written_replacements:
         actions.setdefault(targets[r.target], []).append(Action("replace", replacement=r))
-    conv1d_model = str(config.get("model_type")) in _CONV1D_MODEL_TYPES
     for p in adapter.pairs:
-        transpose = p.kind == "linear" and conv1d_model and not is_lm_head(p.target)
+        transpose = stored_transposed(config.get("model_type"), targets[p.target], p.kind)
         actions.setdefault(targets[p.target], []).append(Action("lora", pair=p, transpose=transpose))
         if p.bias_key:
             actions.setdefault(targets[p.bias_target], []).append(Action("lora_bias", pair=p))
