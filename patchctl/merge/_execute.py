@@ -114,7 +114,7 @@ def _write_touched(
     so chunking does not change a bit).
     """
     dtype = TORCH_DTYPES[t.dtype]
-    source = _Source(src_fd, src_data + t.src_offsets[0], t.dtype) if t.src_offsets else None
+    source = _Source(src_fd, src_data + t.src_offsets[0], t.src_dtype) if t.src_offsets else None
     adds: list[tuple[torch.Tensor, bool]] = []  # (fp32 addend shaped like t, cast to t's dtype before adding)
     for a in t.actions:
         if a.kind == "replace":
@@ -123,7 +123,7 @@ def _write_touched(
         elif a.kind == "copy_of":
             src = next(s for s in shard.tensors if s.name == a.source)
             assert src.src_offsets is not None
-            source = _Source(src_fd, src_data + src.src_offsets[0], src.dtype)
+            source = _Source(src_fd, src_data + src.src_offsets[0], src.src_dtype)
         else:
             assert a.pair is not None
             if a.kind == "lora_bias":
@@ -166,7 +166,7 @@ def _check_unchanged(path: Path, header: Mapping[str, Any], shard: ShardPlan) ->
         info = header.get(t.name)
         if (
             not isinstance(info, Mapping)
-            or str(info.get("dtype")) != t.dtype
+            or str(info.get("dtype")) != t.src_dtype
             or tuple(info.get("shape", ())) != t.shape
             or tuple(info.get("data_offsets", ())) != t.src_offsets
         ):
@@ -177,14 +177,9 @@ def _write_shard(
     plan: MergePlan, shard: ShardPlan, out: Path, tensors: _AdapterTensors, progress: MergeProgress, delay: float
 ) -> tuple[int, int]:
     header: dict[str, Any] = {"__metadata__": shard.metadata}
-    end = max((t.src_offsets[1] for t in shard.tensors if t.src_offsets), default=0)
-    placed: dict[str, tuple[int, int]] = {}
+    placed = shard.output_offsets()  # the base's offsets, shifted after a tensor written in another dtype
+    end = max((e for _, e in placed.values()), default=0)
     for t in shard.tensors:
-        if t.src_offsets is not None:
-            placed[t.name] = t.src_offsets
-        else:
-            placed[t.name] = (end, end + t.nbytes)
-            end += t.nbytes
         header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": list(placed[t.name])}
     head = encode_header(header)
     dst_data = len(head)
@@ -198,11 +193,11 @@ def _write_shard(
         dst_fd = os.open(out / shard.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             pwrite_all(dst_fd, head, 0)
-            run: list[int] = []  # [start, end, count] of pending untouched bytes
+            run: list[int] = []  # [start, end, count, output start] of pending untouched bytes
 
             def flush() -> None:
                 if run:
-                    copy_range(src_fd, dst_fd, run[1] - run[0], src_data + run[0], dst_data + run[0])
+                    copy_range(src_fd, dst_fd, run[1] - run[0], src_data + run[0], dst_data + run[3])
                     progress.advance(run[2], run[1] - run[0])
                     run.clear()
 
@@ -215,10 +210,10 @@ def _write_shard(
                         run[2] += 1
                     else:
                         flush()
-                        run.extend([t.src_offsets[0], t.src_offsets[1], 1])
+                        run.extend([t.src_offsets[0], t.src_offsets[1], 1, placed[t.name][0]])
                     continue
                 flush()
-                _write_touched(t, src_fd, src_data, dst_fd, dst_data + t.src_offsets[0], shard, tensors)
+                _write_touched(t, src_fd, src_data, dst_fd, dst_data + placed[t.name][0], shard, tensors)
                 touched += 1
                 progress.advance(1, t.nbytes)
                 if delay:

@@ -39,6 +39,7 @@ from patchctl.adapter import (
 )
 from patchctl.bases import INDEX_FILE, read_config, read_safetensors_header, weight_file_names
 from patchctl.errors import InvalidInputError, UnsupportedError
+from patchctl.merge._fp32 import fp32_patterns, load_dtype, matches_fp32
 
 __all__ = ["Action", "MergePlan", "ShardPlan", "TensorPlan", "plan_merge"]
 
@@ -99,10 +100,18 @@ class TensorPlan:
     #: byte range in the base file's data region (None for a tensor the merge adds)
     src_offsets: tuple[int, int] | None
     actions: tuple[Action, ...] = ()
+    #: the base's dtype where the output's differs (a half-precision tensor the model class keeps
+    #: in fp32, written fp32 as PEFT's merge does: see :mod:`patchctl.merge._fp32`)
+    source_dtype: str | None = None
 
     @property
     def nbytes(self) -> int:
         return prod(self.shape) * DTYPE_SIZES[self.dtype]
+
+    @property
+    def src_dtype(self) -> str:
+        """The dtype of the tensor's bytes in the base file."""
+        return self.source_dtype or self.dtype
 
     @property
     def touched(self) -> bool:
@@ -125,6 +134,21 @@ class ShardPlan:
     @property
     def data_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors)
+
+    def output_offsets(self) -> dict[str, tuple[int, int]]:
+        """Each tensor's byte range in the output's data region: the base's order and offsets (so runs
+        of untouched tensors copy as one range), shifted after a tensor whose size changes (fp32
+        kept modules); tensors the merge adds go at the end."""
+        out: dict[str, tuple[int, int]] = {}
+        end = 0
+        for t in sorted((t for t in self.tensors if t.src_offsets), key=lambda t: t.src_offsets or (0, 0)):
+            out[t.name] = (end, end + t.nbytes)
+            end += t.nbytes
+        for t in self.tensors:
+            if t.src_offsets is None:
+                out[t.name] = (end, end + t.nbytes)
+                end += t.nbytes
+        return out
 
 
 @dataclass(frozen=True)
@@ -287,6 +311,7 @@ def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
         src = added.get(name, name)
         _check_shapes(name, headers[where[src]][src], acts, adapter)
 
+    fp32 = _fp32_kept(base_dir, config, headers, actions, notes)
     shards: list[ShardPlan] = []
     for f in files:
         h = headers[f]
@@ -294,13 +319,15 @@ def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
         for name, info in h.items():
             if name == "__metadata__":
                 continue
+            base_dtype = str(info["dtype"])
             tensors.append(
                 TensorPlan(
                     name=name,
-                    dtype=str(info["dtype"]),
+                    dtype="F32" if name in fp32 else base_dtype,
                     shape=tuple(int(d) for d in info["shape"]),
                     src_offsets=(int(info["data_offsets"][0]), int(info["data_offsets"][1])),
                     actions=tuple(actions.get(name, ())),
+                    source_dtype=base_dtype if name in fp32 else None,
                 )
             )
         for new_name, beside in sorted(added.items()):
@@ -339,6 +366,32 @@ def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
         index_extra=index_extra,
         notes=tuple(notes),
     )
+
+
+def _fp32_kept(
+    base_dir: Path,
+    config: Mapping[str, Any],
+    headers: Mapping[str, Mapping[str, Any]],
+    actions: Mapping[str, list[Action]],
+    notes: list[str],
+) -> set[str]:
+    """Touched half-precision tensors the model class keeps in fp32 when loaded (T5's ``wo``):
+    PEFT merges them in fp32 and writes fp32, so the output does too."""
+    dtypes = {n: str(i["dtype"]) for h in headers.values() for n, i in h.items() if n != "__metadata__"}
+    touched_half = [n for n, acts in actions.items() if acts and dtypes.get(n) in ("F16", "BF16")]
+    if not touched_half:
+        return set()
+    dtype = load_dtype(config, list(dtypes.values()))
+    patterns, problem = fp32_patterns(base_dir, config, dtype)
+    if problem is not None:
+        notes.append(f"{problem}; touched tensors keep the base's dtype")
+    kept = {n for n in touched_half if matches_fp32(patterns, n)}
+    if kept:
+        notes.append(
+            f"{len(kept)} touched tensor(s) the model class keeps in fp32 ({', '.join(patterns)}) are merged "
+            "and written in fp32, as PEFT's merge of the base loaded in its dtype does"
+        )
+    return kept
 
 
 @dataclass(frozen=True)
