@@ -7,7 +7,7 @@ rule the merge uses too); the adapter's ``fan_in_fan_out`` flag is only compared
 
 from __future__ import annotations
 
-from patchctl.adapter import LoraPair, stored_transposed
+from patchctl.adapter import TRANSPOSED_EXPERTS, LoraPair, param_piece_shape, stored_transposed
 from patchctl.checks._context import CheckContext, preview, register, result
 from patchctl.schemas.report import CheckResult
 
@@ -51,7 +51,19 @@ def check_shapes(ctx: CheckContext) -> CheckResult:
     layouts: dict[str, bool] = {}
     compared = 0
     skipped = 0
+    in_out = str(model_type) in TRANSPOSED_EXPERTS
     for p in ctx.adapter.pairs:
+        if p.kind == "param":  # target_parameters: each expert's slice against its base tensor
+            pieces = ctx.mapping.params.get(p.target)
+            if not pieces:
+                skipped += 1
+                continue
+            for piece in pieces:
+                compared += 1
+                want_p, got_p = tensors[piece.base_name].shape, param_piece_shape(p, piece, in_out)
+                if want_p != got_p:
+                    mismatches.append(f"{p.target}: delta{list(got_p)} vs base {piece.base_name}{list(want_p)}")
+            continue
         if p.kind == "conv" or len(p.a_shape) != 2 or len(p.b_shape) != 2:
             skipped += 1  # the format check reports these
             continue

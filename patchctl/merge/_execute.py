@@ -104,6 +104,27 @@ def _delta_linear(a: Action, tensors: _AdapterTensors) -> torch.Tensor:
     return delta.mul_(a.pair.scaling)  # in place: the same kernel as PEFT's `* scaling`, one buffer less
 
 
+def _delta_param(a: Action, tensors: _AdapterTensors) -> torch.Tensor:
+    """PEFT's ParamWrapper.get_delta_weight (fp32 adapter weights) where this base tensor lies:
+    ``einsum("o r e, e r i -> e o i")`` (``e i o`` for (experts, in, out) parameters) times s, or
+    Linear's ``(B @ A) * s`` for a 2-D parameter; for a per-expert checkpoint tensor, that expert's
+    rows. (PEFT then casts it to the parameter's dtype and adds: two roundings in half precision.)"""
+    assert a.pair is not None and a.piece is not None
+    p, piece = a.pair, a.piece
+    lora_a, lora_b = tensors.get(p.a_key).float(), tensors.get(p.b_key).float()
+    if p.num_experts == 1:
+        return (lora_b @ lora_a) * p.scaling
+    weight_a = lora_a.reshape(p.num_experts, -1, lora_a.shape[-1])
+    weight_b = lora_b.reshape(lora_b.shape[0], -1, p.num_experts)
+    equation = "o r e, e r i -> e i o" if a.transpose else "o r e, e r i -> e o i"
+    if piece.expert is None:
+        return torch.einsum(equation, weight_b, weight_a) * p.scaling
+    e = piece.expert
+    delta = torch.einsum(equation, weight_b[:, :, e : e + 1], weight_a[e : e + 1]) * p.scaling
+    assert piece.rows is not None
+    return delta[0, piece.rows[0] : piece.rows[1]]
+
+
 def _write_touched(
     t: TensorPlan, src_fd: int, src_data: int, dst_fd: int, dst_off: int, shard: ShardPlan, tensors: _AdapterTensors
 ) -> None:
@@ -129,6 +150,8 @@ def _write_touched(
             if a.kind == "lora_bias":
                 assert a.pair.bias_key is not None
                 adds.append((tensors.get(a.pair.bias_key).float() * a.pair.scaling, False))
+            elif a.kind == "lora_param":
+                adds.append((_delta_param(a, tensors), True))  # ParamWrapper: delta.to(W.dtype), then W += delta
             elif a.pair.kind == "embedding":
                 # PEFT's Embedding.merge: W += (transpose(B @ A, True) * s).to(W.dtype): two roundings
                 delta = tensors.lora_product(a.pair.a_key, a.pair.b_key)

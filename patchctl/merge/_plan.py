@@ -28,12 +28,15 @@ from typing import Any, Literal
 
 from patchctl.adapter import (
     LM_HEAD,
+    TRANSPOSED_EXPERTS,
     AdapterLayout,
     BaseMapping,
     LoraPair,
+    ParamPiece,
     Replacement,
     is_lm_head,
     map_to_base,
+    param_piece_shape,
     stored_transposed,
     tied_embedding,
 )
@@ -73,18 +76,25 @@ _WEIGHT_INDEX_SUFFIXES = (".bin.index.json", ".h5.index.json", ".msgpack.index.j
 class Action:
     """One change to a tensor, applied in plan order: replacements first, then LoRA deltas."""
 
-    kind: Literal["replace", "lora", "lora_bias", "copy_of"]
+    kind: Literal["replace", "lora", "lora_bias", "copy_of", "lora_param"]
     #: adapter key read (replace), the LoRA pair (lora, lora_bias), or the base tensor copied (copy_of)
     replacement: Replacement | None = None
     pair: LoraPair | None = None
     source: str | None = None
-    #: the delta is transposed (a GPT-2 style Conv1D weight, stored as (in, out): fan_in_fan_out)
+    #: the delta is transposed (a GPT-2 style Conv1D weight, stored as (in, out): fan_in_fan_out);
+    #: for ``lora_param``: the fused expert parameter is (experts, in, out)
     transpose: bool = False
+    #: ``lora_param``: the part of the parameter this base tensor holds (whole, or one expert's rows)
+    piece: ParamPiece | None = None
 
     def describe(self) -> str:
         if self.kind == "replace" and self.replacement is not None:
             reason = "base_layer" if self.replacement.reason == "embedding_base_layer" else self.replacement.reason
             return f"replace ({reason}) from {self.replacement.key}"
+        if self.kind == "lora_param" and self.pair is not None and self.piece is not None:
+            p, piece = self.pair, self.piece
+            where = "" if piece.expert is None else f" expert {piece.expert} rows {piece.rows}"
+            return f"LoRA delta on parameter {p.target}{where} r={p.rank} s={p.scaling:g} experts={p.num_experts}"
         if self.kind in ("lora", "lora_bias") and self.pair is not None:
             p = self.pair
             what = "LoRA delta" if self.kind == "lora" else "LoRA bias"
@@ -289,7 +299,8 @@ def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
     if unmatched or mapping.ambiguous:
         parts = []
         if unmatched:
-            parts.append(f"{len(unmatched)} adapter target(s) have no tensor in the base: {', '.join(unmatched[:5])}")
+            missing = [mapping.param_problems.get(t, t) for t in unmatched[:5]]
+            parts.append(f"{len(unmatched)} adapter target(s) have no tensor in the base: {', '.join(missing)}")
         for t, cands in list(mapping.ambiguous.items())[:5]:
             parts.append(f"{t} matches several base tensors ({', '.join(cands)})")
         raise InvalidInputError(f"{adapter.path} onto {base_dir}: " + "; ".join(parts))
@@ -297,16 +308,26 @@ def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
     for r in adapter.written_replacements:
         actions.setdefault(targets[r.target], []).append(Action("replace", replacement=r))
     for p in adapter.pairs:
+        if p.kind == "param":
+            in_out = str(config.get("model_type")) in TRANSPOSED_EXPERTS
+            for piece in mapping.params[p.target]:
+                actions.setdefault(piece.base_name, []).append(
+                    Action("lora_param", pair=p, transpose=in_out, piece=piece)
+                )
+            continue
         transpose = stored_transposed(config.get("model_type"), targets[p.target], p.kind)
         actions.setdefault(targets[p.target], []).append(Action("lora", pair=p, transpose=transpose))
         if p.bias_key:
             actions.setdefault(targets[p.bias_target], []).append(Action("lora_bias", pair=p))
-    order = {"replace": 0, "copy_of": 0, "lora": 1, "lora_bias": 2}
+    order = {"replace": 0, "copy_of": 0, "lora": 1, "lora_param": 1, "lora_bias": 2}
     for name, acts in actions.items():
         if any(a.kind == "replace" for a in acts):  # e.g. a saved base_layer for an untied lm_head
             acts[:] = [a for a in acts if a.kind != "copy_of"]
         acts.sort(key=lambda a: order[a.kind])
-        if sum(a.kind == "lora" for a in acts) > 1 or sum(a.kind in ("replace", "copy_of") for a in acts) > 1:
+        if (
+            sum(a.kind in ("lora", "lora_param") for a in acts) > 1
+            or sum(a.kind in ("replace", "copy_of") for a in acts) > 1
+        ):
             raise UnsupportedError(f"{name}: more than one adapter tensor lands on it (tied modules?)")
         src = added.get(name, name)
         _check_shapes(name, headers[where[src]][src], acts, adapter)
@@ -455,6 +476,13 @@ def _check_shapes(base_name: str, info: Mapping[str, Any], acts: list[Action], a
                 raise InvalidInputError(
                     f"{a.replacement.key}: shape {list(a.replacement.shape)} differs from the base's "
                     f"{base_name} {list(shape)} (resized vocabulary?)"
+                )
+        elif a.kind == "lora_param" and a.pair is not None and a.piece is not None:
+            want = param_piece_shape(a.pair, a.piece, a.transpose)
+            if want != shape:
+                raise InvalidInputError(
+                    f"{a.pair.target}: LoRA delta{'' if a.piece.expert is None else f' of expert {a.piece.expert}'} "
+                    f"has shape {list(want)} but the base's {base_name} is {list(shape)}"
                 )
         elif a.pair is not None:
             p = a.pair

@@ -104,8 +104,6 @@ class AdapterConfig(BaseModel):
             reasons.append("layer_replication is not supported")
         if self.use_qalora:
             reasons.append("QALoRA (use_qalora=true) is not supported")
-        if self.target_parameters:
-            reasons.append("target_parameters (LoRA on nn.Parameter) is not supported")
         if (init := self.init_problem()) is not None:
             reasons.append(init)
         if self.trainable_token_indices:
