@@ -1,5 +1,5 @@
 """More pico architectures for the merge tests (beside :mod:`picomodels`): a tied-embedding
-Llama, Gemma, T5 (``_keep_in_fp32_modules``), Mixtral and Qwen3-MoE (3-D expert parameters),
+Llama, Gemma, T5 (``_keep_in_fp32_modules``), Mixtral, Qwen3-MoE and gpt-oss (3-D expert parameters),
 and adapters saved the ways PEFT users save them (``save_embedding_layers``, adapter dtype).
 """
 
@@ -14,7 +14,7 @@ import torch
 
 def pico_config(kind: str) -> Any:
     """A tiny transformers config of ``kind``."""
-    from transformers import GemmaConfig, MixtralConfig, Qwen3MoeConfig, T5Config
+    from transformers import GemmaConfig, GptOssConfig, MixtralConfig, Qwen3MoeConfig, T5Config
 
     small: dict[str, Any] = {"vocab_size": picomodels.VOCAB, "max_position_embeddings": 64}
     if kind == "llama-tied":
@@ -41,6 +41,13 @@ def pico_config(kind: str) -> Any:
         return Qwen3MoeConfig(
             **small, hidden_size=32, intermediate_size=64, moe_intermediate_size=24, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, head_dim=8,
+        )  # fmt: skip
+    if kind == "gptoss":  # fused 3-D experts on disk, stored (experts, in, out)
+        return GptOssConfig(
+            **small, hidden_size=32, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, num_local_experts=4, num_experts_per_tok=2, sliding_window=16,
+            layer_types=["sliding_attention", "full_attention"],
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
         )  # fmt: skip
     raise ValueError(kind)
 
