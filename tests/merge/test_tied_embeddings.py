@@ -115,3 +115,38 @@ def _resaved_without_embeddings(adapter: Path, out: Path) -> Path:
     tensors = {k: v for k, v in load_file(adapter / "adapter_model.safetensors").items() if ".base_layer." not in k}
     save_file(tensors, out / "adapter_model.safetensors", metadata={"format": "pt"})
     return out
+
+
+def test_rebased_adapter_leaves_out_the_copies_of_theta(
+    tied_bases: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    """``--format adapter``: the rebased adapter has no ``base_layer`` copies, so PeftModel on θ′ with it
+    computes θ′ + Δθ (with them it would compute on θ's embedding)."""
+    from safetensors import safe_open
+
+    from patchctl.merge import write_rebased_adapter
+
+    theta, theta_prime = tied_bases["llama-tied"]
+    saved = picozoo.make_adapter(theta, tmp_path / "ad", "llama-tied", target_modules=["lm_head", "embed_tokens"])
+    rebased = write_rebased_adapter(
+        read_adapter(saved), tmp_path / "rebased", base_model_name_or_path=str(theta_prime), revision=None,
+        provenance={},
+    ).out_dir  # fmt: skip
+    with safe_open(rebased / "adapter_model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    with safe_open(saved / "adapter_model.safetensors", "pt") as f:
+        saved_keys = set(f.keys())
+        assert keys == {k for k in saved_keys if not k.endswith(".base_layer.weight")} != saved_keys
+        for k in keys:
+            assert torch.equal(f.get_tensor(k), _tensor(rebased, k))
+    merged = execute_merge(plan_merge(read_adapter(saved), theta_prime), tmp_path / "out", provenance={}).out_dir
+    torch.testing.assert_close(
+        Reference.peft_logits(theta_prime, rebased, IDS), Reference.model_logits(merged, IDS), atol=2e-5, rtol=1e-4
+    )
+
+
+def _tensor(adapter: Path, key: str) -> torch.Tensor:
+    from safetensors import safe_open
+
+    with safe_open(adapter / "adapter_model.safetensors", "pt") as f:
+        return f.get_tensor(key)
