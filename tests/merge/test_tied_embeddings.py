@@ -19,6 +19,8 @@ import torch
 from mergeref import Reference
 
 from patchctl.adapter import read_adapter
+from patchctl.bases import read_local_base
+from patchctl.checks import run_checks
 from patchctl.merge import execute_merge, plan_merge
 
 IDS = torch.tensor([[1, 5, 9, 23, 42, 7, 3, 77]])
@@ -64,6 +66,8 @@ def test_tied_embedding_lora_installs_theta_prime_plus_delta(
     # PEFT saves θ's tensors when a target is named like one of its EMBEDDING_LAYER_NAMES (not GPT-2's wte)
     assert bool(carried) == bool({"lm_head", "embed_tokens"} & set(targets))
 
+    checks = run_checks(read_adapter(saved), read_local_base(theta_prime), only=["format", "coverage", "shapes"])
+    assert [r.status for r in checks.results] == ["pass"] * 3, [r.detail for r in checks.results]
     plan = plan_merge(read_adapter(saved), theta_prime)
     assert plan.config_changes == {"tie_word_embeddings": False}
     out = execute_merge(plan, tmp_path / "out", provenance={}).out_dir
