@@ -22,10 +22,11 @@ def check_coverage(ctx: CheckContext) -> CheckResult:
     for target, base_name in m.targets.items():
         by_base[base_name].append(target)
     collisions = {b: sorted(ts) for b, ts in sorted(by_base.items()) if len(ts) > 1}
-    wanted = len(m.targets) + len(m.tied) + len(m.unmatched) + len(m.ambiguous)
+    wanted = len(m.targets) + len(m.tied) + len(m.params) + len(m.unmatched) + len(m.ambiguous)
     data = {
         "targets": wanted,
-        "matched": len(m.targets) + len(m.tied),
+        "matched": len(m.targets) + len(m.tied) + len(m.params),
+        "parameter_targets": {t: len(pieces) for t, pieces in list(m.params.items())[:50]},
         "tied": dict(m.tied),
         "unmatched": len(m.unmatched),
         "ambiguous": len(m.ambiguous),
@@ -38,7 +39,9 @@ def check_coverage(ctx: CheckContext) -> CheckResult:
         return result(NAME, "fail", "the adapter changes no base tensor (no LoRA pairs, no replacements)", **data)
     problems = []
     if m.unmatched:
-        problems.append(f"{len(m.unmatched)} of {wanted} targets have no base tensor: {preview(list(m.unmatched))}")
+        # a parameter target says why it could not be placed (per-expert storage, expert count)
+        missing = [m.param_problems.get(t, t) for t in m.unmatched]
+        problems.append(f"{len(m.unmatched)} of {wanted} targets have no base tensor: {preview(missing)}")
     if m.ambiguous:
         amb = [f"{k} ({len(v)} candidates)" for k, v in m.ambiguous.items()]
         problems.append(f"{len(m.ambiguous)} targets match several base tensors: {preview(amb)}")
@@ -48,5 +51,8 @@ def check_coverage(ctx: CheckContext) -> CheckResult:
         return result(NAME, "fail", "patch cannot be applied fully: " + "; ".join(problems), **data)
     detail = f"all {wanted} targets map to exactly one base tensor"
     if m.tied:
-        detail += f"; {', '.join(sorted(m.tied))} is tied to {next(iter(m.tied.values()))}: the head gets its own tensor (untied)"
+        detail += (
+            f"; {', '.join(sorted(m.tied))} is tied to {next(iter(m.tied.values()))}: "
+            "the head gets its own tensor (untied)"
+        )
     return result(NAME, "pass", detail, **data)

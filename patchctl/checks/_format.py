@@ -17,12 +17,15 @@ def _pair_problems(ctx: CheckContext) -> list[str]:
         if p.kind == "conv":
             problems.append(f"{p.module}: LoRA on a convolution is not supported")
             continue
-        r = cfg.rank_for(p.module)
+        r = cfg.rank_for(p.target if p.kind == "param" else p.module)
         if len(p.a_shape) != 2 or len(p.b_shape) != 2:
             problems.append(f"{p.module}: lora A{list(p.a_shape)} / B{list(p.b_shape)} are not matrices")
             continue
         a_name, b_name = ("lora_embedding_A", "lora_embedding_B") if p.kind == "embedding" else ("lora_A", "lora_B")
-        if p.a_shape[0] != r or p.b_shape[1] != r:
+        if p.kind == "param":  # target_parameters: lora_A [r·experts, in], lora_B [out, r·experts]
+            if p.a_shape[0] % r or p.b_shape[1] != p.a_shape[0]:
+                problems.append(f"{p.target}: lora_A{list(p.a_shape)} / lora_B{list(p.b_shape)} disagree with r={r}")
+        elif p.a_shape[0] != r or p.b_shape[1] != r:
             problems.append(
                 f"{p.module}: {a_name}{list(p.a_shape)} / {b_name}{list(p.b_shape)} disagree with r={r} "
                 f"({a_name} must be [r, in], {b_name} [out, r])"

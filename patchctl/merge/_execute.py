@@ -104,6 +104,27 @@ def _delta_linear(a: Action, tensors: _AdapterTensors) -> torch.Tensor:
     return delta.mul_(a.pair.scaling)  # in place: the same kernel as PEFT's `* scaling`, one buffer less
 
 
+def _delta_param(a: Action, tensors: _AdapterTensors) -> torch.Tensor:
+    """PEFT's ParamWrapper.get_delta_weight (fp32 adapter weights) where this base tensor lies:
+    ``einsum("o r e, e r i -> e o i")`` (``e i o`` for (experts, in, out) parameters) times s, or
+    Linear's ``(B @ A) * s`` for a 2-D parameter; for a per-expert checkpoint tensor, that expert's
+    rows. (PEFT then casts it to the parameter's dtype and adds: two roundings in half precision.)"""
+    assert a.pair is not None and a.piece is not None
+    p, piece = a.pair, a.piece
+    lora_a, lora_b = tensors.get(p.a_key).float(), tensors.get(p.b_key).float()
+    if p.num_experts == 1:
+        return (lora_b @ lora_a) * p.scaling
+    weight_a = lora_a.reshape(p.num_experts, -1, lora_a.shape[-1])
+    weight_b = lora_b.reshape(lora_b.shape[0], -1, p.num_experts)
+    equation = "o r e, e r i -> e i o" if a.transpose else "o r e, e r i -> e o i"
+    if piece.expert is None:
+        return torch.einsum(equation, weight_b, weight_a) * p.scaling
+    e = piece.expert
+    delta = torch.einsum(equation, weight_b[:, :, e : e + 1], weight_a[e : e + 1]) * p.scaling
+    assert piece.rows is not None
+    return delta[0, piece.rows[0] : piece.rows[1]]
+
+
 def _write_touched(
     t: TensorPlan, src_fd: int, src_data: int, dst_fd: int, dst_off: int, shard: ShardPlan, tensors: _AdapterTensors
 ) -> None:
@@ -114,7 +135,7 @@ def _write_touched(
     so chunking does not change a bit).
     """
     dtype = TORCH_DTYPES[t.dtype]
-    source = _Source(src_fd, src_data + t.src_offsets[0], t.dtype) if t.src_offsets else None
+    source = _Source(src_fd, src_data + t.src_offsets[0], t.src_dtype) if t.src_offsets else None
     adds: list[tuple[torch.Tensor, bool]] = []  # (fp32 addend shaped like t, cast to t's dtype before adding)
     for a in t.actions:
         if a.kind == "replace":
@@ -123,12 +144,14 @@ def _write_touched(
         elif a.kind == "copy_of":
             src = next(s for s in shard.tensors if s.name == a.source)
             assert src.src_offsets is not None
-            source = _Source(src_fd, src_data + src.src_offsets[0], src.dtype)
+            source = _Source(src_fd, src_data + src.src_offsets[0], src.src_dtype)
         else:
             assert a.pair is not None
             if a.kind == "lora_bias":
                 assert a.pair.bias_key is not None
                 adds.append((tensors.get(a.pair.bias_key).float() * a.pair.scaling, False))
+            elif a.kind == "lora_param":
+                adds.append((_delta_param(a, tensors), True))  # ParamWrapper: delta.to(W.dtype), then W += delta
             elif a.pair.kind == "embedding":
                 # PEFT's Embedding.merge: W += (transpose(B @ A, True) * s).to(W.dtype): two roundings
                 delta = tensors.lora_product(a.pair.a_key, a.pair.b_key)
@@ -166,7 +189,7 @@ def _check_unchanged(path: Path, header: Mapping[str, Any], shard: ShardPlan) ->
         info = header.get(t.name)
         if (
             not isinstance(info, Mapping)
-            or str(info.get("dtype")) != t.dtype
+            or str(info.get("dtype")) != t.src_dtype
             or tuple(info.get("shape", ())) != t.shape
             or tuple(info.get("data_offsets", ())) != t.src_offsets
         ):
@@ -177,14 +200,9 @@ def _write_shard(
     plan: MergePlan, shard: ShardPlan, out: Path, tensors: _AdapterTensors, progress: MergeProgress, delay: float
 ) -> tuple[int, int]:
     header: dict[str, Any] = {"__metadata__": shard.metadata}
-    end = max((t.src_offsets[1] for t in shard.tensors if t.src_offsets), default=0)
-    placed: dict[str, tuple[int, int]] = {}
+    placed = shard.output_offsets()  # the base's offsets, shifted after a tensor written in another dtype
+    end = max((e for _, e in placed.values()), default=0)
     for t in shard.tensors:
-        if t.src_offsets is not None:
-            placed[t.name] = t.src_offsets
-        else:
-            placed[t.name] = (end, end + t.nbytes)
-            end += t.nbytes
         header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": list(placed[t.name])}
     head = encode_header(header)
     dst_data = len(head)
@@ -198,11 +216,11 @@ def _write_shard(
         dst_fd = os.open(out / shard.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             pwrite_all(dst_fd, head, 0)
-            run: list[int] = []  # [start, end, count] of pending untouched bytes
+            run: list[int] = []  # [start, end, count, output start] of pending untouched bytes
 
             def flush() -> None:
                 if run:
-                    copy_range(src_fd, dst_fd, run[1] - run[0], src_data + run[0], dst_data + run[0])
+                    copy_range(src_fd, dst_fd, run[1] - run[0], src_data + run[0], dst_data + run[3])
                     progress.advance(run[2], run[1] - run[0])
                     run.clear()
 
@@ -215,10 +233,10 @@ def _write_shard(
                         run[2] += 1
                     else:
                         flush()
-                        run.extend([t.src_offsets[0], t.src_offsets[1], 1])
+                        run.extend([t.src_offsets[0], t.src_offsets[1], 1, placed[t.name][0]])
                     continue
                 flush()
-                _write_touched(t, src_fd, src_data, dst_fd, dst_data + t.src_offsets[0], shard, tensors)
+                _write_touched(t, src_fd, src_data, dst_fd, dst_data + placed[t.name][0], shard, tensors)
                 touched += 1
                 progress.advance(1, t.nbytes)
                 if delay:

@@ -4,18 +4,17 @@ A plan is computed from headers only (the adapter's and the base's safetensors h
 ``config.json``); nothing is decoded. Everything that cannot be merged exactly is refused here,
 before a byte is written.
 
-Tied embeddings (``tie_word_embeddings``, no ``lm_head.weight`` in the files) follow what PEFT's
-``merge_and_unload`` leaves in memory:
+The install writes θ′ + Δθ and nothing of θ, so the merged model computes what ``PeftModel`` on θ′
+computes with the adapter saved with ``save_embedding_layers=False``:
 
-- a LoRA on ``lm_head`` gives the head its own tensor, embedding + delta, and unties, so the merged
-  model computes what PeftModel computes. (Here, and only here, we differ from PEFT's
-  ``merge_and_unload``, which adds the delta to the shared tensor and so also changes the input
-  embedding: a merged model that no longer behaves like the adapter.)
-- ``modules_to_save`` on ``lm_head`` gives the head its own copy: the output gains an
-  ``lm_head.weight`` tensor and ``config.json`` says ``tie_word_embeddings: false``;
-- ``modules_to_save`` on the input embedding likewise unties: ``lm_head.weight`` keeps the old
-  embedding, the embedding takes the adapter's tensor;
-- a saved ``base_layer.weight`` of the embedding replaces the shared tensor (stays tied).
+- copies of θ's embedding/head that PEFT saves inside an adapter (``<m>.base_layer.weight``) are
+  never written (:attr:`AdapterLayout.written_replacements`);
+- on a tied base (``tie_word_embeddings``, no ``lm_head.weight`` in the files), a patch that
+  changes one side of the shared matrix (a LoRA or ``modules_to_save`` on the head, or on the
+  input embedding) unties them: the output gains its own ``lm_head.weight`` (a copy of θ′'s
+  embedding, then the head's changes), the embedding gets only its own changes, and
+  ``config.json`` says ``tie_word_embeddings: false`` (:func:`_untie_plan`). PEFT's
+  ``merge_and_unload`` would add a one-sided delta to the shared tensor and change both sides.
 """
 
 from __future__ import annotations
@@ -27,9 +26,23 @@ from math import prod
 from pathlib import Path
 from typing import Any, Literal
 
-from patchctl.adapter import LM_HEAD, AdapterLayout, LoraPair, Replacement, is_lm_head, map_to_base, tied_embedding
+from patchctl.adapter import (
+    LM_HEAD,
+    TRANSPOSED_EXPERTS,
+    AdapterLayout,
+    BaseMapping,
+    LoraPair,
+    ParamPiece,
+    Replacement,
+    is_lm_head,
+    map_to_base,
+    param_piece_shape,
+    stored_transposed,
+    tied_embedding,
+)
 from patchctl.bases import INDEX_FILE, read_config, read_safetensors_header, weight_file_names
 from patchctl.errors import InvalidInputError, UnsupportedError
+from patchctl.merge._fp32 import fp32_patterns, load_dtype, matches_fp32
 
 __all__ = ["Action", "MergePlan", "ShardPlan", "TensorPlan", "plan_merge"]
 
@@ -57,27 +70,31 @@ FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 # other weight formats: never copied into a merged directory (they would hold the unmerged base)
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx", ".ot")
 _WEIGHT_INDEX_SUFFIXES = (".bin.index.json", ".h5.index.json", ".msgpack.index.json", ".safetensors.index.json")
-# transformers model types whose attention/MLP layers are Conv1D (weight stored as (in, out)); PEFT
-# forces fan_in_fan_out=True on Conv1D and False on nn.Linear whatever the adapter config says
-_CONV1D_MODEL_TYPES = ("gpt2", "openai-gpt", "decision_transformer", "imagegpt")
 
 
 @dataclass(frozen=True)
 class Action:
     """One change to a tensor, applied in plan order: replacements first, then LoRA deltas."""
 
-    kind: Literal["replace", "lora", "lora_bias", "copy_of"]
+    kind: Literal["replace", "lora", "lora_bias", "copy_of", "lora_param"]
     #: adapter key read (replace), the LoRA pair (lora, lora_bias), or the base tensor copied (copy_of)
     replacement: Replacement | None = None
     pair: LoraPair | None = None
     source: str | None = None
-    #: the delta is transposed (a GPT-2 style Conv1D weight, stored as (in, out): fan_in_fan_out)
+    #: the delta is transposed (a GPT-2 style Conv1D weight, stored as (in, out): fan_in_fan_out);
+    #: for ``lora_param``: the fused expert parameter is (experts, in, out)
     transpose: bool = False
+    #: ``lora_param``: the part of the parameter this base tensor holds (whole, or one expert's rows)
+    piece: ParamPiece | None = None
 
     def describe(self) -> str:
         if self.kind == "replace" and self.replacement is not None:
             reason = "base_layer" if self.replacement.reason == "embedding_base_layer" else self.replacement.reason
             return f"replace ({reason}) from {self.replacement.key}"
+        if self.kind == "lora_param" and self.pair is not None and self.piece is not None:
+            p, piece = self.pair, self.piece
+            where = "" if piece.expert is None else f" expert {piece.expert} rows {piece.rows}"
+            return f"LoRA delta on parameter {p.target}{where} r={p.rank} s={p.scaling:g} experts={p.num_experts}"
         if self.kind in ("lora", "lora_bias") and self.pair is not None:
             p = self.pair
             what = "LoRA delta" if self.kind == "lora" else "LoRA bias"
@@ -93,10 +110,18 @@ class TensorPlan:
     #: byte range in the base file's data region (None for a tensor the merge adds)
     src_offsets: tuple[int, int] | None
     actions: tuple[Action, ...] = ()
+    #: the base's dtype where the output's differs (a half-precision tensor the model class keeps
+    #: in fp32, written fp32 as PEFT's merge does: see :mod:`patchctl.merge._fp32`)
+    source_dtype: str | None = None
 
     @property
     def nbytes(self) -> int:
         return prod(self.shape) * DTYPE_SIZES[self.dtype]
+
+    @property
+    def src_dtype(self) -> str:
+        """The dtype of the tensor's bytes in the base file."""
+        return self.source_dtype or self.dtype
 
     @property
     def touched(self) -> bool:
@@ -119,6 +144,21 @@ class ShardPlan:
     @property
     def data_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors)
+
+    def output_offsets(self) -> dict[str, tuple[int, int]]:
+        """Each tensor's byte range in the output's data region: the base's order and offsets (so runs
+        of untouched tensors copy as one range), shifted after a tensor whose size changes (fp32
+        kept modules); tensors the merge adds go at the end."""
+        out: dict[str, tuple[int, int]] = {}
+        end = 0
+        for t in sorted((t for t in self.tensors if t.src_offsets), key=lambda t: t.src_offsets or (0, 0)):
+            out[t.name] = (end, end + t.nbytes)
+            end += t.nbytes
+        for t in self.tensors:
+            if t.src_offsets is None:
+                out[t.name] = (end, end + t.nbytes)
+                end += t.nbytes
+        return out
 
 
 @dataclass(frozen=True)
@@ -238,61 +278,61 @@ def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
         adapter.config.raw.get("ensure_weight_tying")
         and tied
         and (
-            any(is_lm_head(r.target) for r in adapter.replacements) or any(is_lm_head(p.target) for p in adapter.pairs)
+            any(is_lm_head(r.target) for r in adapter.written_replacements)
+            or any(is_lm_head(p.target) for p in adapter.pairs)
         )
     ):
         raise UnsupportedError("ensure_weight_tying with a patched tied lm_head is not supported by the merge engine")
     targets = dict(mapping.targets)
     unmatched = list(mapping.unmatched)
-    added: dict[str, str] = {}  # a tensor the output gains -> the tied base tensor it starts from
-    actions: dict[str, list[Action]] = {}  # output tensor -> changes, in order
-    config_changes: dict[str, Any] = {}
-    notes: list[str] = []
-    if tied:
-        for t in mapping.tied:
-            targets[t] = t
-            added[t] = tied
-            config_changes["tie_word_embeddings"] = False
-            if any(p.target == t for p in adapter.pairs):
-                actions[t] = [Action("copy_of", source=tied)]
-                notes.append(
-                    f"{t} was tied to {tied}: it gets its own tensor with the LoRA delta and {tied} stays as it "
-                    "was, as the adapter behaves in PeftModel (untied; PEFT's merge_and_unload would change both)"
-                )
-            else:
-                notes.append(f"{t} was tied to {tied}; modules_to_save gives it its own tensor (untied)")
-        for r in adapter.replacements:
-            if r.reason == "modules_to_save" and targets.get(r.target) == tied and LM_HEAD not in added:
-                added[LM_HEAD] = tied
-                actions[LM_HEAD] = [Action("copy_of", source=tied)]
-                config_changes["tie_word_embeddings"] = False
-                notes.append(f"{tied} is replaced (modules_to_save) and untied; {LM_HEAD} keeps the base embedding")
+    untie = _untie_plan(adapter, mapping, tied)
+    targets.update(untie.targets)
+    added = dict(untie.added)  # a tensor the output gains -> the tied base tensor it starts from
+    actions: dict[str, list[Action]] = {k: list(v) for k, v in untie.actions.items()}  # output tensor -> changes
+    config_changes: dict[str, Any] = dict(untie.config_changes)
+    notes: list[str] = list(untie.notes)
+    for r in adapter.carried_base_layers:
+        notes.append(
+            f"{r.key} is a copy of the source base's {r.target} (PEFT save_embedding_layers): not written; "
+            "this base's own tensor is used"
+        )
     if unmatched or mapping.ambiguous:
         parts = []
         if unmatched:
-            parts.append(f"{len(unmatched)} adapter target(s) have no tensor in the base: {', '.join(unmatched[:5])}")
+            missing = [mapping.param_problems.get(t, t) for t in unmatched[:5]]
+            parts.append(f"{len(unmatched)} adapter target(s) have no tensor in the base: {', '.join(missing)}")
         for t, cands in list(mapping.ambiguous.items())[:5]:
             parts.append(f"{t} matches several base tensors ({', '.join(cands)})")
         raise InvalidInputError(f"{adapter.path} onto {base_dir}: " + "; ".join(parts))
 
-    for r in adapter.replacements:
+    for r in adapter.written_replacements:
         actions.setdefault(targets[r.target], []).append(Action("replace", replacement=r))
-    conv1d_model = str(config.get("model_type")) in _CONV1D_MODEL_TYPES
     for p in adapter.pairs:
-        transpose = p.kind == "linear" and conv1d_model and not is_lm_head(p.target)
+        if p.kind == "param":
+            in_out = str(config.get("model_type")) in TRANSPOSED_EXPERTS
+            for piece in mapping.params[p.target]:
+                actions.setdefault(piece.base_name, []).append(
+                    Action("lora_param", pair=p, transpose=in_out, piece=piece)
+                )
+            continue
+        transpose = stored_transposed(config.get("model_type"), targets[p.target], p.kind)
         actions.setdefault(targets[p.target], []).append(Action("lora", pair=p, transpose=transpose))
         if p.bias_key:
             actions.setdefault(targets[p.bias_target], []).append(Action("lora_bias", pair=p))
-    order = {"replace": 0, "copy_of": 0, "lora": 1, "lora_bias": 2}
+    order = {"replace": 0, "copy_of": 0, "lora": 1, "lora_param": 1, "lora_bias": 2}
     for name, acts in actions.items():
         if any(a.kind == "replace" for a in acts):  # e.g. a saved base_layer for an untied lm_head
             acts[:] = [a for a in acts if a.kind != "copy_of"]
         acts.sort(key=lambda a: order[a.kind])
-        if sum(a.kind == "lora" for a in acts) > 1 or sum(a.kind in ("replace", "copy_of") for a in acts) > 1:
+        if (
+            sum(a.kind in ("lora", "lora_param") for a in acts) > 1
+            or sum(a.kind in ("replace", "copy_of") for a in acts) > 1
+        ):
             raise UnsupportedError(f"{name}: more than one adapter tensor lands on it (tied modules?)")
         src = added.get(name, name)
         _check_shapes(name, headers[where[src]][src], acts, adapter)
 
+    fp32 = _fp32_kept(base_dir, config, headers, actions, notes)
     shards: list[ShardPlan] = []
     for f in files:
         h = headers[f]
@@ -300,13 +340,15 @@ def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
         for name, info in h.items():
             if name == "__metadata__":
                 continue
+            base_dtype = str(info["dtype"])
             tensors.append(
                 TensorPlan(
                     name=name,
-                    dtype=str(info["dtype"]),
+                    dtype="F32" if name in fp32 else base_dtype,
                     shape=tuple(int(d) for d in info["shape"]),
                     src_offsets=(int(info["data_offsets"][0]), int(info["data_offsets"][1])),
                     actions=tuple(actions.get(name, ())),
+                    source_dtype=base_dtype if name in fp32 else None,
                 )
             )
         for new_name, beside in sorted(added.items()):
@@ -347,6 +389,85 @@ def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
     )
 
 
+def _fp32_kept(
+    base_dir: Path,
+    config: Mapping[str, Any],
+    headers: Mapping[str, Mapping[str, Any]],
+    actions: Mapping[str, list[Action]],
+    notes: list[str],
+) -> set[str]:
+    """Touched half-precision tensors the model class keeps in fp32 when loaded (T5's ``wo``):
+    PEFT merges them in fp32 and writes fp32, so the output does too."""
+    dtypes = {n: str(i["dtype"]) for h in headers.values() for n, i in h.items() if n != "__metadata__"}
+    touched_half = [n for n, acts in actions.items() if acts and dtypes.get(n) in ("F16", "BF16")]
+    if not touched_half:
+        return set()
+    dtype = load_dtype(config, list(dtypes.values()))
+    patterns, problem = fp32_patterns(base_dir, config, dtype)
+    if problem is not None:
+        notes.append(f"{problem}; touched tensors keep the base's dtype")
+    kept = {n for n in touched_half if matches_fp32(patterns, n)}
+    if kept:
+        notes.append(
+            f"{len(kept)} touched tensor(s) the model class keeps in fp32 ({', '.join(patterns)}) are merged "
+            "and written in fp32, as PEFT's merge of the base loaded in its dtype does"
+        )
+    return kept
+
+
+@dataclass(frozen=True)
+class _Untie:
+    """What a tied base (``tie_word_embeddings``, no head tensor in the files) needs when the
+    patch changes one side of the shared matrix."""
+
+    targets: dict[str, str] = field(default_factory=dict)
+    added: dict[str, str] = field(default_factory=dict)
+    actions: dict[str, tuple[Action, ...]] = field(default_factory=dict)
+    config_changes: dict[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+
+def _untie_plan(adapter: AdapterLayout, mapping: BaseMapping, tied: str | None) -> _Untie:
+    """Untie where the patch changes the head or the input embedding of a tied base.
+
+    In ``PeftModel`` a LoRA (or ``modules_to_save``) on one side of a tied matrix changes that
+    side only: the other keeps using the shared base tensor. So the output gains its own
+    ``lm_head.weight`` (starting as a copy of θ′'s embedding), each side gets its own changes,
+    and ``config.json`` says ``tie_word_embeddings: false``. (PEFT's ``merge_and_unload`` adds
+    the delta to the shared tensor instead, changing both sides: a model that no longer computes
+    what the adapter computes.)
+    """
+    if tied is None:
+        return _Untie()
+    head_targets = sorted(mapping.tied)
+    embedding_changed = any(mapping.targets.get(p.target) == tied for p in adapter.pairs) or any(
+        mapping.targets.get(r.target) == tied for r in adapter.written_replacements
+    )
+    if not head_targets and not embedding_changed:
+        return _Untie()
+    head = head_targets[0] if head_targets else LM_HEAD
+    if len(head_targets) > 1:
+        raise UnsupportedError(f"{', '.join(head_targets)}: several head targets on one tied embedding {tied}")
+    head_replaced = any(r.target == head for r in adapter.written_replacements)
+    head_lora = any(p.target == head for p in adapter.pairs)
+    changed = [
+        what
+        for what, yes in (("the head", head_replaced or head_lora), ("the input embedding", embedding_changed))
+        if yes
+    ]
+    note = (
+        f"{head} was tied to {tied}; the patch changes {' and '.join(changed)}: the output unties them "
+        f"({head} gets its own tensor), as the adapter behaves in PeftModel"
+    )
+    return _Untie(
+        targets={head: head},
+        added={head: tied},
+        actions={} if head_replaced else {head: (Action("copy_of", source=tied),)},
+        config_changes={"tie_word_embeddings": False},
+        notes=(note,),
+    )
+
+
 def _check_shapes(base_name: str, info: Mapping[str, Any], acts: list[Action], adapter: AdapterLayout) -> None:
     shape = tuple(int(d) for d in info["shape"])
     for a in acts:
@@ -355,6 +476,13 @@ def _check_shapes(base_name: str, info: Mapping[str, Any], acts: list[Action], a
                 raise InvalidInputError(
                     f"{a.replacement.key}: shape {list(a.replacement.shape)} differs from the base's "
                     f"{base_name} {list(shape)} (resized vocabulary?)"
+                )
+        elif a.kind == "lora_param" and a.pair is not None and a.piece is not None:
+            want = param_piece_shape(a.pair, a.piece, a.transpose)
+            if want != shape:
+                raise InvalidInputError(
+                    f"{a.pair.target}: LoRA delta{'' if a.piece.expert is None else f' of expert {a.piece.expert}'} "
+                    f"has shape {list(want)} but the base's {base_name} is {list(shape)}"
                 )
         elif a.pair is not None:
             p = a.pair

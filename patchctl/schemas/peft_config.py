@@ -37,6 +37,12 @@ _KNOWN_KEYS = {
 }  # fmt: skip
 # known keys that select a LoRA variant whose merge differs from W + s·B·A
 _VARIANT_KEYS = ("arrow_config", "use_bdlora", "kasa_config", "monteclora_config", "velora_config")
+#: ``init_lora_weights`` values whose init leaves the base as it is (checked in PEFT 0.21.2's
+#: ``LoraLayer.update_layer``: they only set A and B, which the saved weights then overwrite)
+_PLAIN_INITS = ("gaussian", "eva", "orthogonal", "mica")
+#: inits that rewrite the base weight at load (W - B·A, or a quantized residual): the adapter is
+#: relative to that rewritten base, not to θ, so W′ + B·A would be wrong even on θ itself
+_BASE_REWRITING_INITS = ("pissa", "olora", "corda", "lora_ga", "loftq")
 
 
 class AdapterConfig(BaseModel):
@@ -65,6 +71,7 @@ class AdapterConfig(BaseModel):
     layer_replication: list[list[int]] | None = None
     use_qalora: bool = False
     target_parameters: list[str] | None = None
+    init_lora_weights: bool | str = True
     trainable_token_indices: Any = None
     alora_invocation_tokens: Any = None
     #: the config as read, for writing a rebased adapter without losing keys
@@ -97,8 +104,8 @@ class AdapterConfig(BaseModel):
             reasons.append("layer_replication is not supported")
         if self.use_qalora:
             reasons.append("QALoRA (use_qalora=true) is not supported")
-        if self.target_parameters:
-            reasons.append("target_parameters (LoRA on nn.Parameter) is not supported")
+        if (init := self.init_problem()) is not None:
+            reasons.append(init)
         if self.trainable_token_indices:
             reasons.append("trainable_token_indices (trainable tokens) is not supported")
         if self.alora_invocation_tokens:
@@ -114,6 +121,31 @@ class AdapterConfig(BaseModel):
             if self.raw.get(key) not in (None, False, 0, "", [], {}):
                 reasons.append(f"{key} is set: this LoRA variant is not supported")
         return reasons
+
+    def init_problem(self) -> str | None:
+        """Why ``init_lora_weights`` makes this adapter unportable (None when the init leaves θ as it is).
+
+        PiSSA, OLoRA, CorDA and LoRA-GA subtract their initial B·A from the base when PEFT loads
+        the adapter (LoftQ replaces it with a quantized residual): such an adapter is a delta on
+        that rewritten base, never on θ′. PEFT converts the first four to a plain LoRA at save time.
+        """
+        init = self.init_lora_weights
+        if isinstance(init, bool) or init.lower() in _PLAIN_INITS:
+            return None
+        name = next((p for p in _BASE_REWRITING_INITS if init.lower().startswith(p)), None)
+        if name == "loftq":
+            return (
+                "init_lora_weights='loftq': a LoftQ adapter is relative to the quantized residual base it was "
+                "trained with, not to θ; it cannot be ported (train a plain LoRA, or install onto that base)"
+            )
+        if name is not None:
+            return (
+                f"init_lora_weights={init!r}: this init rewrites the base when PEFT loads the adapter "
+                "(W - B·A), so the adapter is not a delta on θ; fix: convert it to a plain LoRA when saving, "
+                "model.save_pretrained(out, path_initial_model_for_weight_conversion=<dir of the adapter saved "
+                "before training, with init_lora_weights=True>) (PEFT's PiSSA/OLoRA/CorDA/LoRA-GA conversion)"
+            )
+        return f"init_lora_weights={init!r} is an init patchctl does not know (it may rewrite the base); refusing"
 
     def require_lora(self) -> None:
         """Raise :class:`UnsupportedError` naming the first reason this adapter is not plain LoRA."""

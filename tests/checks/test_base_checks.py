@@ -135,12 +135,34 @@ def test_wrong_out_features_fail_shapes(check, edit_dir, tmp_path: Path, pico_ll
     assert shapes.data["mismatches"] == [f"model.layers.0.self_attn.q_proj: delta[33, 32] vs base {Q_PROJ0}[32, 32]"]
 
 
-def test_fan_in_fan_out_flag_matters(check, edit_dir, tmp_path: Path, pico_gpt2: Path, gpt2_adapter: Path) -> None:
-    # GPT-2's Conv1D stores [in, out]; without fan_in_fan_out the delta [out, in] does not fit
+def test_fan_in_fan_out_flag_disagreeing_with_the_base_warns(
+    check, edit_dir, tmp_path: Path, pico_gpt2: Path, gpt2_adapter: Path
+) -> None:
+    # GPT-2's Conv1D stores [in, out]: the layout comes from the base, so a config flag that says
+    # otherwise for every target is reported (warn), not taken at its word (it used to fail the check)
     adapter = edit_dir(gpt2_adapter, tmp_path / "nofifo", config={"fan_in_fan_out": False})
     shapes = check(adapter, pico_gpt2, source=pico_gpt2).result("shapes")
+    assert shapes.status == "warn"
+    assert "fan_in_fan_out=false but the base stores" in shapes.detail and "Conv1D" in shapes.detail
+    assert shapes.data["mismatches"] == []
+    assert "transformer.h.0.attn.c_attn" in shapes.data["transposed_targets"]
+
+
+def test_conv1d_delta_of_wrong_size_still_fails(
+    check, edit_dir, tmp_path: Path, pico_gpt2: Path, gpt2_adapter: Path
+) -> None:
+    key = "base_model.model.transformer.h.0.attn.c_attn"
+
+    def shrink(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        t[f"{key}.lora_B.weight"] = t[f"{key}.lora_B.weight"][:64]
+        return t
+
+    adapter = edit_dir(gpt2_adapter, tmp_path / "shrunk", tensors=shrink)
+    shapes = check(adapter, pico_gpt2, source=pico_gpt2).result("shapes")
     assert shapes.status == "fail"
-    assert "delta[96, 32] vs base transformer.h.0.attn.c_attn.weight[32, 96]" in shapes.detail
+    assert "delta[32, 64] (Conv1D: stored as (in, out)) vs base transformer.h.0.attn.c_attn.weight[32, 96]" in (
+        shapes.detail
+    )
 
 
 def test_lora_bias_shape_mismatch_fails(check, edit_dir, tmp_path: Path, pico_gpt2: Path, gpt2_bias_adapter: Path):

@@ -41,5 +41,42 @@ def make_variant_adapter(models_dir: Path, make_typed_base: Callable[[str, str],
 
 
 @pytest.fixture(scope="session")
+def make_saved_adapter(models_dir: Path, make_variant_adapter: Callable[[str], Path]) -> Callable[..., Path]:
+    """``(variant, dtype name) -> adapter dir``: the variant's adapter as saved by a user who trained in
+    that dtype (every tensor of adapter_model.safetensors cast to it; PEFT upcasts LoRA weights to fp32
+    when loading, and casts modules_to_save copies to the base dtype)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    cache: dict[tuple[str, str, bool], Path] = {}
+
+    def get(variant: str, dtype: str, clean: bool = False) -> Path:
+        """``clean``: without the copies of θ's embedding/head (``*.base_layer.weight``), i.e. as saved
+        with ``save_embedding_layers=False`` — the reference the install must equal."""
+        src = make_variant_adapter(variant)
+        if dtype == "fp32" and not clean:
+            return src
+        if (variant, dtype, clean) not in cache:
+            out = models_dir / f"merge-adapter-{variant}-saved-{dtype}{'-clean' if clean else ''}"
+            out.mkdir()
+            shutil.copy(src / "adapter_config.json", out / "adapter_config.json")
+            tensors = load_file(src / "adapter_model.safetensors")
+            save_file(
+                {
+                    k: v.to(DTYPES[dtype]).contiguous()
+                    for k, v in tensors.items()
+                    if not (clean and k.endswith(".base_layer.weight"))
+                },
+                out / "adapter_model.safetensors",
+                metadata={"format": "pt"},
+            )
+            cache[(variant, dtype, clean)] = out
+        return cache[(variant, dtype, clean)]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def ref() -> type[Reference]:
     return Reference

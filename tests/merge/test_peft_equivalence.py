@@ -1,4 +1,5 @@
-"""Our streaming merge equals PEFT's merge_and_unload bit for bit, per LoRA variant and base dtype."""
+"""Our streaming merge equals PEFT's merge_and_unload bit for bit, per LoRA variant, base dtype and
+the dtype the adapter was saved in."""
 
 from __future__ import annotations
 
@@ -16,13 +17,15 @@ from patchctl.merge import _execute, execute_merge, plan_merge
 IDS = torch.tensor([[1, 5, 9, 23, 42, 7, 3, 77]])
 
 
+@pytest.mark.parametrize("saved", list(DTYPES))
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_merge_equals_peft_merge_and_unload(
     variant: str,
     dtype: str,
+    saved: str,
     make_typed_base: Callable[[str, str], Path],
-    make_variant_adapter: Callable[[str], Path],
+    make_saved_adapter: Callable[..., Path],
     ref: type[Reference],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -31,13 +34,15 @@ def test_merge_equals_peft_merge_and_unload(
     monkeypatch.setattr(_execute, "ROW_CHUNK_BYTES", 300)
     kind, _ = VARIANTS[variant]
     base = make_typed_base(kind, dtype)
-    adapter = make_variant_adapter(variant)
+    adapter = make_saved_adapter(variant, saved)  # saved: the dtype the adapter's tensors were saved in
     plan = plan_merge(read_adapter(adapter), base)
     result = execute_merge(plan, tmp_path / "out", provenance={"patch": f"test/{variant}"})
     assert result.tensors_touched == plan.summary()["tensors_touched"] > 0
 
     ours = ref.load_dir_tensors(result.out_dir)
-    reference = ref.peft_merged_state_dict(base, adapter, DTYPES[dtype])
+    # the reference: PEFT with the adapter saved with save_embedding_layers=False (copies of θ's
+    # embedding/head that PEFT saves inside an adapter are never written: θ′ + Δθ and nothing of θ)
+    reference = ref.peft_merged_state_dict(base, make_saved_adapter(variant, saved, clean=True), DTYPES[dtype])
     base_tensors = ref.load_dir_tensors(base)
     changed = 0
     for name in DIVERGES_FROM_MERGE_AND_UNLOAD.get(variant, ()):

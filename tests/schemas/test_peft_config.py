@@ -64,7 +64,7 @@ def test_missing_config(tmp_path: Path) -> None:
         ({"use_dora": True}, "DoRA"),
         ({"peft_type": "IA3"}, "not LoRA"),
         ({"layer_replication": [[0, 1]]}, "layer_replication"),
-        ({"target_parameters": ["experts.w1"]}, "target_parameters"),
+        ({"init_lora_weights": "pissa"}, "path_initial_model_for_weight_conversion"),
     ],
 )
 def test_unsupported_variants_are_named(tmp_path: Path, extra: dict[str, object], reason: str) -> None:
