@@ -57,7 +57,7 @@ class CheckContext:
         hits: set[str] = set()
         patched = [(p.target, p.kind == "embedding") for p in self.adapter.pairs]
         patched += [(p.bias_target, False) for p in self.adapter.pairs if p.bias_key]
-        patched += [(r.target, r.reason == "embedding_base_layer") for r in self.adapter.replacements]
+        patched += [(r.target, False) for r in self.adapter.written_replacements]
         for target, is_embedding in patched:
             base_name = self.mapping.targets.get(target) or self.mapping.tied.get(target) or target
             if is_embedding or is_vocab_tensor(base_name) or is_vocab_tensor(target):
