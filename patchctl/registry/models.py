@@ -30,6 +30,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -179,6 +180,10 @@ class VersionRemote(Base):
 
 class CompatReport(Base):
     __tablename__ = "compat_reports"
+    # the resolver's cache key (version, base) and show's "latest report per base" (0004)
+    __table_args__ = (
+        Index("ix_compat_reports_version_id_base_weights_sha256_id", "version_id", "base_weights_sha256", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     version_id: Mapped[int] = mapped_column(
@@ -193,6 +198,8 @@ class CompatReport(Base):
 
 class Validation(Base):
     __tablename__ = "validations"
+    # "validated on this exact base" for the resolver (0004)
+    __table_args__ = (Index("ix_validations_version_id_base_weights_sha256", "version_id", "base_weights_sha256"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     version_id: Mapped[int] = mapped_column(
@@ -220,4 +227,6 @@ class Install(Base):
         ForeignKey("compat_reports.id", name="fk_installs_report_id_compat_reports", ondelete="SET NULL"),
         nullable=True,
     )
+    #: how the resolver chose this version for the base (``install REQ --onto BASE``), when it did (0004)
+    decision: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(TS)

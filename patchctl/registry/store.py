@@ -14,8 +14,9 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
+from packaging.specifiers import SpecifierSet
 from packaging.version import Version as PepVersion
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.exc import OperationalError
@@ -38,7 +39,7 @@ from patchctl.registry.records import (
     ValidationRecord,
     VersionInfo,
 )
-from patchctl.registry.resolver import Candidate, exact_version, pick_version, version_sort_key
+from patchctl.registry.resolver import BaseCandidate, Candidate, exact_version, pick_version, version_sort_key
 from patchctl.schemas.base import BaseFacts, Family
 from patchctl.schemas.manifest import Manifest, check_patch_name, normalize_version
 from patchctl.schemas.refs import PatchRef
@@ -325,6 +326,97 @@ class Catalog:
             res = pick_version(ref.name, cands, version=exact, spec=None if exact else ref.spec, alias_target=target)
             row = next(r for r in rows if r.version == res.version)
             return ResolvedVersion(self._info(patch, row), res.via)
+
+    def base_candidates(self, ref: PatchRef, base_weights_sha256: str) -> list[BaseCandidate]:
+        """The versions ``ref`` can resolve to (non-yanked matches; an exact pin or an alias: that
+        one version) with whether each passed a validation on the exact base. Narrow queries only."""
+        with self._session() as s:
+            patch = self._patch(s, ref.name)
+            cols = (m.Version.id, m.Version.version, m.Version.yanked, m.Version.source_weights_sha256)
+            exact = exact_version(ref)
+            if ref.alias:
+                rows = s.execute(
+                    select(*cols)
+                    .join(m.Alias, m.Alias.version_id == m.Version.id)
+                    .where(m.Alias.patch_id == patch.id, m.Alias.alias == ref.alias)
+                ).all()
+                if not rows:
+                    self.resolve(ref)  # raises the not-found error listing the aliases
+            elif exact is not None:
+                rows = s.execute(
+                    select(*cols).where(m.Version.patch_id == patch.id, m.Version.sort_key == version_sort_key(exact))
+                ).all()
+                if not rows:
+                    self.resolve(ref)  # raises the not-found error listing the versions
+            else:
+                every = s.execute(select(*cols).where(m.Version.patch_id == patch.id)).all()
+                live = {r.version: r for r in every if not r.yanked}
+                rows = [live[v] for v in (ref.spec or SpecifierSet()).filter(live)]
+                if not rows:
+                    self.resolve(ref)  # raises the not-found error (nothing matches / all yanked)
+            ids = [r.id for r in rows]
+            validated = set(
+                s.scalars(
+                    select(m.Validation.version_id).where(
+                        m.Validation.version_id.in_(ids),
+                        m.Validation.base_weights_sha256 == base_weights_sha256,
+                        m.Validation.verdict == "pass",
+                    )
+                ).all()
+            )
+            return [
+                BaseCandidate(patch.name, r.version, r.yanked, r.source_weights_sha256, r.id in validated) for r in rows
+            ]
+
+    def latest_report_statuses(
+        self, name: str, versions: list[str], base_weights_sha256: str, *, tool_version: str | None = None
+    ) -> dict[str, tuple[str, list[str]]]:
+        """The newest compat report of each version on one base (of ``tool_version`` when given):
+        version → (status, ["check: detail" of each failed check]). The resolver's check cache."""
+        if not versions:
+            return {}
+        with self._session() as s:
+            patch = self._patch(s, _name(name))
+            keys = {version_sort_key(v): v for v in versions}
+            vrows = s.execute(
+                select(m.Version.id, m.Version.version).where(
+                    m.Version.patch_id == patch.id, m.Version.sort_key.in_(list(keys))
+                )
+            ).all()
+            by_id = {r.id: r.version for r in vrows}
+            newest = (
+                select(m.CompatReport.version_id, func.max(m.CompatReport.id).label("rid"))
+                .where(
+                    m.CompatReport.version_id.in_(list(by_id)),
+                    m.CompatReport.base_weights_sha256 == base_weights_sha256,
+                )
+                .group_by(m.CompatReport.version_id)
+            )
+            if tool_version is not None:
+                newest = newest.where(m.CompatReport.tool_version == tool_version)
+            sub = newest.subquery()
+            rows = s.execute(
+                select(m.CompatReport.version_id, m.CompatReport.status, m.CompatReport.report).join(
+                    sub, m.CompatReport.id == sub.c.rid
+                )
+            ).all()
+            out: dict[str, tuple[str, list[str]]] = {}
+            for vid, status, report in rows:
+                failed = [
+                    f"{r.get('name')}: {r.get('detail')}"
+                    for r in (report or {}).get("results", [])
+                    if isinstance(r, dict) and r.get("status") == "fail"
+                ]
+                out[by_id[vid]] = (status, failed)
+            return out
+
+    def ancestry(self, weights_sha256: str) -> dict[str, int]:
+        """Recorded ancestors of a base: weights fingerprint → depth (narrow: fingerprints only)."""
+        with self._session() as s:
+            bid = s.scalar(select(m.BaseModel.id).where(m.BaseModel.weights_sha256 == weights_sha256))
+            if bid is None:
+                return {}
+            return {r.weights_sha256: d for r, _, d in self._walk(s, bid)}
 
     # -- aliases -------------------------------------------------------------------------
 
