@@ -150,3 +150,5 @@ class InstallRecord:
     forced: bool
     report_id: int | None
     created_at: datetime
+    #: the resolver's decision when the install named a range or alias (``install REQ --onto BASE``)
+    decision: dict[str, Any] | None = None

@@ -774,6 +774,7 @@ class Catalog:
         format: str,
         forced: bool = False,
         report_id: int | None = None,
+        decision: dict[str, Any] | None = None,
     ) -> InstallRecord:
         if format not in ("merged", "adapter"):
             raise InvalidInputError(f"install format {format!r}: expected 'merged' or 'adapter'")
@@ -786,6 +787,7 @@ class Catalog:
                 format=format,
                 forced=forced,
                 report_id=report_id,
+                decision=decision,
                 created_at=_now(),
             )
             s.add(rec)
@@ -804,6 +806,7 @@ class Catalog:
             r.forced,
             r.report_id,
             _aware(r.created_at),
+            r.decision,
         )
 
     def list_installs(self, name: str, version: str | None = None) -> list[InstallRecord]:
