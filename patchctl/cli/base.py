@@ -8,6 +8,7 @@ import click
 
 from patchctl import api
 from patchctl.cli._output import json_option, print_json, print_table
+from patchctl.cli.patches import limit_option, next_page
 from patchctl.registry.store import LINEAGE_RELATIONS
 from patchctl.settings import Settings
 
@@ -61,11 +62,15 @@ def base_add_cmd(
 
 
 @base_group.command("list")
+@limit_option(100, "bases")
+@click.option("--cursor", help="Start after this base (weights fingerprint printed at the end of the previous page).")
 @json_option
 @click.pass_obj
-def base_list_cmd(settings: Settings, as_json: bool) -> None:
-    """List recorded bases and their parents."""
-    listing = api.base_list(settings)
+def base_list_cmd(settings: Settings, limit: int, cursor: str | None, as_json: bool) -> None:
+    """List recorded bases (in the order they were recorded) and their parents, a page at a time."""
+    listing = api.base_list(settings, limit=limit, cursor=cursor)
+    if listing.bases:
+        next_page(len(listing.bases), limit, listing.bases[-1].weights_sha256)
     if as_json:
         print_json(listing)
         return

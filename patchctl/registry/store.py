@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version as PepVersion
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.exc import OperationalError
@@ -268,49 +268,120 @@ class Catalog:
             rows = s.scalars(q.order_by(m.Version.sort_key)).all()
             return [self._info(patch, r) for r in rows]
 
-    def list_patches(self, namespace: str | None = None) -> list[PatchSummary]:
+    def list_patches(
+        self,
+        namespace: str | None = None,
+        *,
+        limit: int | None = None,
+        after: str | None = None,
+        only: set[str] | None = None,
+    ) -> list[PatchSummary]:
+        """Patches by name (``limit`` of them after the name ``after``: a page), each with its newest
+        non-yanked version. Four queries per page, whatever the number of versions."""
         with self._session() as s:
-            q = select(m.Patch).order_by(m.Patch.name)
+            q = select(m.Patch.id, m.Patch.name, m.Patch.namespace).order_by(m.Patch.name)
             if namespace:
                 q = q.where(m.Patch.namespace == namespace)
-            out = []
-            for patch in s.scalars(q).all():
-                rows = s.execute(
-                    select(m.Version.version, m.Version.yanked, m.Version.task)
-                    .where(m.Version.patch_id == patch.id)
-                    .order_by(m.Version.sort_key)
-                ).all()
-                live = [r for r in rows if not r.yanked]
-                latest = None
-                if live:
-                    choice = pick_version(patch.name, [Candidate(r.version, r.yanked) for r in rows])
-                    latest = next(r for r in live if r.version == choice.version)
-                aliases = s.execute(
-                    select(m.Alias.alias, m.Version.version)
-                    .join(m.Version, m.Alias.version_id == m.Version.id)
-                    .where(m.Alias.patch_id == patch.id)
-                    .order_by(m.Alias.alias)
-                ).all()
-                out.append(
-                    PatchSummary(
-                        name=patch.name,
-                        namespace=patch.namespace,
-                        latest=latest.version if latest else None,
-                        task=latest.task if latest else None,
-                        versions=len(rows),
-                        yanked=len(rows) - len(live),
-                        aliases={a: v for a, v in aliases},
+            if after is not None:
+                q = q.where(m.Patch.name > after)
+            if only is not None:
+                q = q.where(m.Patch.name.in_(sorted(only)))
+            if limit is not None:
+                q = q.limit(limit)
+            patches = s.execute(q).all()
+            if not patches:
+                return []
+            ids = [p.id for p in patches]
+            counts = {
+                pid: (n, int(y or 0))
+                for pid, n, y in s.execute(
+                    select(
+                        m.Version.patch_id,
+                        func.count(),
+                        func.sum(case((m.Version.yanked.is_(True), 1), else_=0)),
                     )
-                )
+                    .where(m.Version.patch_id.in_(ids))
+                    .group_by(m.Version.patch_id)
+                ).all()
+            }
+            newest = (
+                select(m.Version.patch_id, func.max(m.Version.sort_key).label("k"))
+                .where(m.Version.patch_id.in_(ids), m.Version.yanked.is_(False))
+                .group_by(m.Version.patch_id)
+                .subquery()
+            )
+            latest = {
+                pid: (v, t)
+                for pid, v, t in s.execute(
+                    select(m.Version.patch_id, m.Version.version, m.Version.task).join(
+                        newest, (m.Version.patch_id == newest.c.patch_id) & (m.Version.sort_key == newest.c.k)
+                    )
+                ).all()
+            }
+            for pid, (v, _) in list(latest.items()):
+                if PepVersion(v).is_prerelease:  # a final release, if any, wins over a newer pre-release
+                    rows = s.execute(
+                        select(m.Version.version, m.Version.yanked, m.Version.task).where(m.Version.patch_id == pid)
+                    ).all()
+                    choice = pick_version("", [Candidate(r.version, r.yanked) for r in rows])
+                    latest[pid] = next((r.version, r.task) for r in rows if r.version == choice.version)
+            aliases: dict[int, dict[str, str]] = {}
+            for pid, alias, version in s.execute(
+                select(m.Alias.patch_id, m.Alias.alias, m.Version.version)
+                .join(m.Version, m.Alias.version_id == m.Version.id)
+                .where(m.Alias.patch_id.in_(ids))
+                .order_by(m.Alias.alias)
+            ).all():
+                aliases.setdefault(pid, {})[alias] = version
+            out = []
+            for p in patches:
+                n, yanked = counts.get(p.id, (0, 0))
+                lv, task = latest.get(p.id, (None, None))
+                out.append(PatchSummary(p.name, p.namespace, lv, task, n, yanked, aliases.get(p.id, {})))
             return out
 
+    def search_patches(self, text: str, *, limit: int = 20) -> list[PatchSummary]:
+        """Patches whose name contains ``text`` (case-insensitive), by name, at most ``limit``."""
+        with self._session() as s:
+            like = "%" + text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            names = s.scalars(
+                select(m.Patch.name)
+                .where(func.lower(m.Patch.name).like(like, escape="\\"))
+                .order_by(m.Patch.name)
+                .limit(limit)
+            ).all()
+        if not names:
+            return []
+        wanted = set(names)
+        return self.list_patches(only=wanted)
+
+    def list_version_rows(self, name: str) -> list[tuple[str, bool, datetime]]:
+        """(version, yanked, created_at) of every version of a patch, oldest first (no manifests read)."""
+        with self._session() as s:
+            patch = self._patch(s, _name(name))
+            rows = s.execute(
+                select(m.Version.version, m.Version.yanked, m.Version.created_at)
+                .where(m.Version.patch_id == patch.id)
+                .order_by(m.Version.sort_key)
+            ).all()
+            return [(v, y, _aware(t)) for v, y, t in rows]
+
     def resolve(self, ref: PatchRef) -> ResolvedVersion:
-        """The version a reference names (see :mod:`patchctl.registry.resolver` for the rules)."""
+        """The version a reference names (see :mod:`patchctl.registry.resolver` for the rules).
+
+        Chooses over narrow rows (version, yanked); only the chosen row is read in full."""
         with self._session() as s:
             patch = self._patch(s, ref.name)
-            rows = s.scalars(select(m.Version).where(m.Version.patch_id == patch.id)).all()
-            cands = [Candidate(r.version, r.yanked) for r in rows]
+            exact = exact_version(ref)
             target = None
+            if exact is not None and not ref.alias:
+                row = s.scalar(
+                    select(m.Version).where(
+                        m.Version.patch_id == patch.id, m.Version.sort_key == version_sort_key(exact)
+                    )
+                )
+                if row is not None:
+                    return ResolvedVersion(self._info(patch, row), "version")
             if ref.alias:
                 target = s.scalar(
                     select(m.Version.version)
@@ -322,9 +393,15 @@ class Catalog:
                     raise NotFoundError(
                         f"{ref.name} has no alias {ref.alias!r} (aliases: {', '.join(sorted(aliases)) or 'none'})"
                     )
-            exact = exact_version(ref)
+            rows = s.execute(select(m.Version.version, m.Version.yanked).where(m.Version.patch_id == patch.id)).all()
+            cands = [Candidate(r.version, r.yanked) for r in rows]
             res = pick_version(ref.name, cands, version=exact, spec=None if exact else ref.spec, alias_target=target)
-            row = next(r for r in rows if r.version == res.version)
+            row = s.scalar(
+                select(m.Version).where(
+                    m.Version.patch_id == patch.id, m.Version.sort_key == version_sort_key(res.version)
+                )
+            )
+            assert row is not None
             return ResolvedVersion(self._info(patch, row), res.via)
 
     def base_candidates(self, ref: PatchRef, base_weights_sha256: str) -> list[BaseCandidate]:
@@ -552,10 +629,15 @@ class Catalog:
                 q = q.where(m.BaseModel.revision == revision)
             return [self._base_info(r) for r in s.scalars(q.order_by(m.BaseModel.created_at)).all()]
 
-    def list_bases(self) -> list[BaseInfo]:
+    def list_bases(self, *, limit: int | None = None, after: str | None = None) -> list[BaseInfo]:
+        """Bases in the order they were recorded; ``limit`` of them after the base ``after`` (a page)."""
         with self._session() as s:
-            rows = s.scalars(select(m.BaseModel).order_by(m.BaseModel.created_at, m.BaseModel.id)).all()
-            return [self._base_info(r) for r in rows]
+            q = select(m.BaseModel).order_by(m.BaseModel.id)
+            if after is not None:
+                q = q.where(m.BaseModel.id > self._base_row(s, after).id)
+            if limit is not None:
+                q = q.limit(limit)
+            return [self._base_info(r) for r in s.scalars(q).all()]
 
     def add_lineage(self, child: str, parent: str, relation: str = "update") -> LineageEdge:
         """Record ``child`` (weights fingerprint) as derived from ``parent``. Idempotent; cycles refused."""
@@ -612,18 +694,22 @@ class Catalog:
                 return []
             return [Ancestor(self._base_info(r), rel, d) for r, rel, d in self._walk(s, row.id)]
 
-    def list_lineage(self) -> list[LineageEdge]:
+    def list_lineage(self, children: list[str] | None = None) -> list[LineageEdge]:
+        """Lineage edges (of the bases ``children`` only, when given)."""
         with self._session() as s:
             child = m.BaseModel.__table__.alias("child")
             parent = m.BaseModel.__table__.alias("parent")
-            rows = s.execute(
+            q = (
                 select(
                     child.c.weights_sha256, parent.c.weights_sha256, m.BaseLineage.relation, m.BaseLineage.created_at
                 )
                 .join(child, child.c.id == m.BaseLineage.child_id)
                 .join(parent, parent.c.id == m.BaseLineage.parent_id)
                 .order_by(m.BaseLineage.id)
-            ).all()
+            )
+            if children is not None:
+                q = q.where(child.c.weights_sha256.in_(children))
+            rows = s.execute(q).all()
             return [LineageEdge(c, p, r, _aware(t)) for c, p, r, t in rows]
 
     # -- remotes, reports, validations, installs --------------------------------------------
@@ -698,9 +784,17 @@ class Catalog:
         )
 
     def list_compat_reports(
-        self, name: str, version: str | None = None, *, base_weights_sha256: str | None = None
+        self,
+        name: str,
+        version: str | None = None,
+        *,
+        base_weights_sha256: str | None = None,
+        latest_per_base: bool = False,
+        limit: int | None = None,
+        before: int | None = None,
     ) -> list[CompatReportRecord]:
-        """Compat reports of a patch (one version, one base), newest first."""
+        """Compat reports of a patch (one version, one base), newest first; ``latest_per_base``:
+        only the newest of each (version, base); ``limit`` rows with ids below ``before`` (a page)."""
         with self._session() as s:
             patch = self._patch(s, _name(name))
             q = select(m.CompatReport, m.Version).join(m.Version).where(m.Version.patch_id == patch.id)
@@ -708,7 +802,22 @@ class Catalog:
                 q = q.where(m.Version.sort_key == version_sort_key(_version(version)))
             if base_weights_sha256 is not None:
                 q = q.where(m.CompatReport.base_weights_sha256 == base_weights_sha256)
-            rows = s.execute(q.order_by(m.CompatReport.id.desc())).all()
+            if latest_per_base:
+                newest = (
+                    select(func.max(m.CompatReport.id))
+                    .join(m.Version)
+                    .where(m.Version.patch_id == patch.id)
+                    .group_by(m.CompatReport.version_id, m.CompatReport.base_weights_sha256)
+                )
+                if version is not None:
+                    newest = newest.where(m.Version.sort_key == version_sort_key(_version(version)))
+                q = q.where(m.CompatReport.id.in_(newest))
+            if before is not None:
+                q = q.where(m.CompatReport.id < before)
+            q = q.order_by(m.CompatReport.id.desc())
+            if limit is not None:
+                q = q.limit(limit)
+            rows = s.execute(q).all()
             return [self._report(patch, v, r) for r, v in rows]
 
     def record_validation(
@@ -809,14 +918,21 @@ class Catalog:
             r.decision,
         )
 
-    def list_installs(self, name: str, version: str | None = None) -> list[InstallRecord]:
-        """Installs of a patch (or one version), newest first."""
+    def list_installs(
+        self, name: str, version: str | None = None, *, limit: int | None = None, before: int | None = None
+    ) -> list[InstallRecord]:
+        """Installs of a patch (or one version), newest first; ``limit`` rows with ids below ``before``."""
         with self._session() as s:
             patch = self._patch(s, _name(name))
             q = select(m.Install, m.Version).join(m.Version).where(m.Version.patch_id == patch.id)
             if version is not None:
                 q = q.where(m.Version.sort_key == version_sort_key(_version(version)))
-            rows = s.execute(q.order_by(m.Install.id.desc())).all()
+            if before is not None:
+                q = q.where(m.Install.id < before)
+            q = q.order_by(m.Install.id.desc())
+            if limit is not None:
+                q = q.limit(limit)
+            rows = s.execute(q).all()
             return [self._install(patch, v, r) for r, v in rows]
 
 

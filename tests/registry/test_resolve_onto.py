@@ -13,34 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from catalogtools import FAMILY, make_manifest, run_cli, sha
+from catalogtools import base_facts, make_manifest, run_cli, sha
 
 from patchctl import __version__, errors
 from patchctl.registry.resolver import NoCompatibleVersionError
 from patchctl.registry.store import Catalog
 from patchctl.resolving import needs_resolution, resolve_onto
-from patchctl.schemas.base import BaseFacts, TensorInfo, WeightFile
 from patchctl.settings import Settings
 
 CASES = sorted((Path(__file__).parent / "resolve_cases").glob("*.json"))
 
 
-def _facts(name: str) -> BaseFacts:
-    return BaseFacts(
-        source=f"/models/{name}",
-        weights_sha256=sha(name),
-        structure_sha256=sha("structure"),
-        family=FAMILY,
-        config={"model_type": "llama"},
-        weight_files=(WeightFile(path="model.safetensors", sha256=sha(name + "file"), size=1),),
-        tensors={"w": TensorInfo(dtype="F32", shape=(2, 2), file="model.safetensors")},
-    )
-
-
 def seed(catalog: Catalog, case: dict[str, Any]) -> None:
     """Lay a case's catalog state down through the catalog store."""
     for b in case.get("bases", []):
-        catalog.add_base(_facts(b["id"]))
+        catalog.add_base(base_facts(b["id"]))
         if b.get("parent"):
             catalog.add_lineage(sha(b["id"]), sha(b["parent"]), b.get("relation", "update"))
     for v in case["versions"]:
