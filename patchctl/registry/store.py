@@ -33,6 +33,9 @@ from patchctl.registry.records import (
     CompatReportRecord,
     InstallRecord,
     LineageEdge,
+    LineageGraph,
+    LineageResult,
+    LineageVersion,
     PatchSummary,
     RemoteCopy,
     ResolvedVersion,
@@ -693,6 +696,99 @@ class Catalog:
             if row is None:
                 return []
             return [Ancestor(self._base_info(r), rel, d) for r, rel, d in self._walk(s, row.id)]
+
+    def lineage_graph(
+        self, *, base: str | None = None, name: str | None = None, per_base_limit: int = 20
+    ) -> LineageGraph:
+        """The lineage around a base (fingerprint) or around every source base of a patch.
+
+        Bases: the seeds' ancestors and descendants (with every edge among them); versions: the
+        patch's (``name``), else up to ``per_base_limit`` per base, newest first; results: the
+        newest check report and validation of each listed version on each listed base."""
+        with self._session() as s:
+            if name is not None:
+                patch = self._patch(s, _name(name))
+                vrows = s.execute(
+                    select(m.Version.id, m.Version.version, m.Version.yanked, m.Version.source_weights_sha256)
+                    .where(m.Version.patch_id == patch.id)
+                    .order_by(m.Version.sort_key.desc())
+                ).all()
+                seeds = set(
+                    s.scalars(
+                        select(m.BaseModel.id).where(
+                            m.BaseModel.weights_sha256.in_({r.source_weights_sha256 for r in vrows})
+                        )
+                    ).all()
+                )
+                versions = [(r.id, f"{patch.name}=={r.version}", r.source_weights_sha256, r.yanked) for r in vrows]
+            else:
+                assert base is not None
+                seeds = {self._base_row(s, base).id}
+                versions = []
+            component = set(seeds)
+            for seed in seeds:
+                component |= {r.id for r, _, _ in self._walk(s, seed)}
+            frontier = list(component)
+            while frontier:  # descendants
+                kids = s.scalars(select(m.BaseLineage.child_id).where(m.BaseLineage.parent_id.in_(frontier))).all()
+                frontier = [k for k in kids if k not in component]
+                component.update(frontier)
+            brows = s.scalars(select(m.BaseModel).where(m.BaseModel.id.in_(component)).order_by(m.BaseModel.id)).all()
+            shas = [b.weights_sha256 for b in brows]
+            child = m.BaseModel.__table__.alias("child")
+            parent = m.BaseModel.__table__.alias("parent")
+            erows = s.execute(
+                select(
+                    child.c.weights_sha256, parent.c.weights_sha256, m.BaseLineage.relation, m.BaseLineage.created_at
+                )
+                .join(child, child.c.id == m.BaseLineage.child_id)
+                .join(parent, parent.c.id == m.BaseLineage.parent_id)
+                .where(m.BaseLineage.child_id.in_(component))
+                .order_by(m.BaseLineage.id)
+            ).all()
+            more: dict[str, int] = {}
+            if name is None:
+                for sha in shas:
+                    rows = s.execute(
+                        select(m.Version.id, m.Version.version, m.Version.yanked, m.Patch.name)
+                        .join(m.Patch, m.Patch.id == m.Version.patch_id)
+                        .where(m.Version.source_weights_sha256 == sha)
+                        .order_by(m.Version.id.desc())
+                        .limit(per_base_limit + 1)
+                    ).all()
+                    if len(rows) > per_base_limit:
+                        more[sha] = (
+                            s.scalar(
+                                select(func.count())
+                                .select_from(m.Version)
+                                .where(m.Version.source_weights_sha256 == sha)
+                            )
+                            or 0
+                        ) - per_base_limit
+                    versions += [(r.id, f"{r.name}=={r.version}", sha, r.yanked) for r in rows[:per_base_limit]]
+            vids = {v[0]: v[1] for v in versions}
+            results: list[LineageResult] = []
+            if vids and shas:
+                for table, kind, col in (
+                    (m.CompatReport, "check", m.CompatReport.status),
+                    (m.Validation, "validation", m.Validation.verdict),
+                ):
+                    newest = (
+                        select(func.max(table.id))
+                        .where(table.version_id.in_(list(vids)), table.base_weights_sha256.in_(shas))
+                        .group_by(table.version_id, table.base_weights_sha256)
+                    )
+                    for vid, bsha, status in s.execute(
+                        select(table.version_id, table.base_weights_sha256, col).where(table.id.in_(newest))
+                    ).all():
+                        results.append(LineageResult(vids[vid], bsha, kind, status))  # type: ignore[arg-type]
+            return LineageGraph(
+                bases=tuple(self._base_info(b) for b in brows),
+                edges=tuple(LineageEdge(c, p, r, _aware(t)) for c, p, r, t in erows),
+                versions=tuple(LineageVersion(ref, src, y) for _, ref, src, y in versions),
+                results=tuple(sorted(results, key=lambda r: (r.base_weights_sha256, r.ref, r.kind))),
+                more_versions=more,
+            )
 
     def list_lineage(self, children: list[str] | None = None) -> list[LineageEdge]:
         """Lineage edges (of the bases ``children`` only, when given)."""
