@@ -397,6 +397,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         engine.dispose()
     results = measure(url, size)
+    print(table(size, url.split(":", 1)[0], results, {}), file=sys.stderr, flush=True)
     cli = measure_cli(url, size, args.cli_runs) if args.cli_runs else {}
     backend = url.split(":", 1)[0].split("+", 1)[0]
     print(table(size, backend, results, cli))

@@ -143,6 +143,8 @@ class BaseModel(Base):
     revision: Mapped[str | None] = mapped_column(String(255), nullable=True)
     weights_sha256: Mapped[str] = mapped_column(SHA)
     structure_sha256: Mapped[str] = mapped_column(SHA, index=True)
+    #: per-tensor content fingerprint (0004): identical weights re-sharded/re-uploaded share it
+    tensors_sha256: Mapped[str | None] = mapped_column(SHA, nullable=True, index=True)
     family: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(TS)
 

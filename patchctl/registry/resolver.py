@@ -190,7 +190,8 @@ class ResolveProvider(Protocol):
         ...
 
     def ancestry(self) -> Mapping[str, int]:
-        """Recorded ancestors of the target base: weights fingerprint → depth (1 = parent)."""
+        """Recorded ancestors of the target base: weights fingerprint → depth (1 = parent; 0 = the
+        same weights under other files)."""
         ...
 
     def compatibility(self, candidate: BaseCandidate) -> Compatibility:
@@ -278,6 +279,8 @@ def _rank(c: BaseCandidate, base: str, ancestry: Mapping[str, int]) -> tuple[int
     if c.source_weights_sha256 == base:
         return RANK_SAME_BASE, 0, RANK_NAMES[RANK_SAME_BASE]
     depth = ancestry.get(c.source_weights_sha256)
+    if depth == 0:  # recorded as identical weights (re-sharded or re-uploaded)
+        return RANK_SAME_BASE, 0, RANK_NAMES[RANK_SAME_BASE] + " (identical weights, other files)"
     if depth is not None:
         gen = "parent" if depth == 1 else f"ancestor, {depth} generations up"
         return RANK_DESCENDANT, depth, f"base descends from its source base {c.source_weights_sha256[:12]} ({gen})"

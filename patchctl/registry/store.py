@@ -48,12 +48,23 @@ from patchctl.schemas.manifest import Manifest, check_patch_name, normalize_vers
 from patchctl.schemas.refs import PatchRef
 from patchctl.settings import Settings
 
-__all__ = ["LINEAGE_RELATIONS", "Catalog", "check_alias_name", "open_catalog"]
+__all__ = ["IDENTICAL", "LINEAGE_RELATIONS", "Catalog", "check_alias_name", "open_catalog"]
 
 T = TypeVar("T")
 
+#: the same tensors as the parent (re-sharded or re-uploaded): recorded automatically when a base's
+#: tensor-content fingerprint matches a recorded one; the resolver treats both as the same base
+IDENTICAL = "identical-weights"
 #: how a child base relates to its parent (``patchctl base add --relation``)
-LINEAGE_RELATIONS = ("update", "continued-pretraining", "finetune", "merge", "quantization", "other")
+LINEAGE_RELATIONS = (
+    "update",
+    "continued-pretraining",
+    "finetune",
+    "merge",
+    "quantization",
+    "other",
+    IDENTICAL,
+)
 _ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
 _STATUSES = ("pass", "warn", "fail")
 
@@ -491,12 +502,47 @@ class Catalog:
             return out
 
     def ancestry(self, weights_sha256: str) -> dict[str, int]:
-        """Recorded ancestors of a base: weights fingerprint → depth (narrow: fingerprints only)."""
+        """Recorded ancestors of a base: weights fingerprint → generations up (1 = parent). Bases
+        with identical weights (``identical-weights`` edges, either way) count as the same
+        generation: depth 0 for the base's own twins."""
         with self._session() as s:
             bid = s.scalar(select(m.BaseModel.id).where(m.BaseModel.weights_sha256 == weights_sha256))
             if bid is None:
                 return {}
-            return {r.weights_sha256: d for r, _, d in self._walk(s, bid)}
+            depth = {bid: 0}
+            level = [bid]
+            d = 0
+            while level:
+                # twins of this level first (same depth), then parents (one more)
+                todo = list(level)
+                while todo:
+                    rows = s.execute(
+                        select(m.BaseLineage.child_id, m.BaseLineage.parent_id).where(
+                            m.BaseLineage.relation == IDENTICAL,
+                            m.BaseLineage.child_id.in_(todo) | m.BaseLineage.parent_id.in_(todo),
+                        )
+                    ).all()
+                    todo = [x for c, p in rows for x in (c, p) if x not in depth]
+                    for x in todo:
+                        depth[x] = d
+                    level += todo
+                d += 1
+                parents = s.execute(
+                    select(m.BaseLineage.parent_id).where(
+                        m.BaseLineage.child_id.in_(level), m.BaseLineage.relation != IDENTICAL
+                    )
+                ).all()
+                level = [p for (p,) in parents if p not in depth]
+                level = list(dict.fromkeys(level))
+                for x in level:
+                    depth[x] = d
+            del depth[bid]
+            shas = dict(
+                s.execute(
+                    select(m.BaseModel.id, m.BaseModel.weights_sha256).where(m.BaseModel.id.in_(list(depth)))
+                ).all()
+            )
+            return {shas[i]: dep for i, dep in depth.items()}
 
     # -- aliases -------------------------------------------------------------------------
 
@@ -566,14 +612,18 @@ class Catalog:
         structure_sha256: str | None = None,
         family: Family | None = None,
     ) -> tuple[m.BaseModel, bool]:
+        tensors_sha256 = None
         if facts is not None:
             source, revision = facts.source, facts.revision
             weights_sha256, structure_sha256, family = facts.weights_sha256, facts.structure_sha256, facts.family
+            tensors_sha256 = facts.tensors_sha256
         assert source and weights_sha256 and structure_sha256 and family is not None
         row = s.scalar(select(m.BaseModel).where(m.BaseModel.weights_sha256 == weights_sha256))
         if row is not None:
             if row.revision is None and revision:
                 row.revision = revision  # learn a revision recorded later; never overwrite one
+            if row.tensors_sha256 is None and tensors_sha256:
+                row.tensors_sha256 = tensors_sha256
             return row, False
         try:
             with s.begin_nested():
@@ -582,10 +632,21 @@ class Catalog:
                     revision=revision,
                     weights_sha256=weights_sha256,
                     structure_sha256=structure_sha256,
+                    tensors_sha256=tensors_sha256,
                     family=family.model_dump(mode="json"),
                     created_at=_now(),
                 )
                 s.add(row)
+                s.flush()
+                if tensors_sha256:  # identical weights already recorded under other files
+                    twin = s.scalar(
+                        select(m.BaseModel.id)
+                        .where(m.BaseModel.tensors_sha256 == tensors_sha256, m.BaseModel.id != row.id)
+                        .order_by(m.BaseModel.id)
+                        .limit(1)
+                    )
+                    if twin is not None:
+                        s.add(m.BaseLineage(child_id=row.id, parent_id=twin, relation=IDENTICAL, created_at=_now()))
         except SAIntegrityError:
             row = s.scalar(select(m.BaseModel).where(m.BaseModel.weights_sha256 == weights_sha256))
             assert row is not None

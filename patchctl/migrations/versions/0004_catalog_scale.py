@@ -1,4 +1,5 @@
-"""catalog at scale: composite indexes for the resolver and show; the resolver's decision on installs
+"""catalog at scale: composite indexes for the resolver and show; the resolver's decision on installs;
+the tensor-content fingerprint of bases
 
 Revision ID: 0004
 Revises: 0002
@@ -34,10 +35,16 @@ def upgrade() -> None:
         )
     with op.batch_alter_table("installs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("decision", sa.JSON(), nullable=True))
+    with op.batch_alter_table("bases", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("tensors_sha256", sa.String(length=64), nullable=True))
+        batch_op.create_index("ix_bases_tensors_sha256", ["tensors_sha256"], unique=False)
 
 
 def downgrade() -> None:
     """Downgrade schema."""
+    with op.batch_alter_table("bases", schema=None) as batch_op:
+        batch_op.drop_index("ix_bases_tensors_sha256")
+        batch_op.drop_column("tensors_sha256")
     with op.batch_alter_table("installs", schema=None) as batch_op:
         batch_op.drop_column("decision")
     with op.batch_alter_table("validations", schema=None) as batch_op:
