@@ -258,19 +258,26 @@ def _copy(engine: Engine, table: Table, rows: Any) -> None:
         raw.close()
 
 
-def _timed(fn: Callable[[], Any], repeat: int) -> tuple[float, float]:
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, round(q * len(values)) - 1))]
+
+
+def _timed(fn: Callable[[], Any], repeat: int) -> tuple[float, float, float, float]:
+    """p50 and p99 of wall time, and p50 and p99 of this process's CPU time (ms). On a loaded
+    machine wall time includes waiting for a core; CPU time does not (for PostgreSQL it leaves
+    out the server's work)."""
     fn()  # warm caches (first query plans)
-    times = []
+    wall, cpu = [], []
     for _ in range(repeat):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
-        times.append((time.perf_counter() - t) * 1000)
-    times.sort()
-    p99 = times[min(len(times) - 1, max(0, round(0.99 * len(times)) - 1))]
-    return statistics.median(times), p99
+        wall.append((time.perf_counter() - t) * 1000)
+        cpu.append((time.process_time() - c) * 1000)
+    return statistics.median(wall), _pct(wall, 0.99), statistics.median(cpu), _pct(cpu, 0.99)
 
 
-def measure(url: str, size: Size, *, seed_rng: int = 1) -> dict[str, tuple[float, float]]:
+def measure(url: str, size: Size, *, seed_rng: int = 1) -> dict[str, tuple[float, float, float, float]]:
     """p50 / p99 (ms) of each read, on an open catalog (as a long-running service or a test holds it)."""
     rng = random.Random(seed_rng)
     engine = make_engine(url)
@@ -369,10 +376,12 @@ def measure_cli(url: str, size: Size, runs: int) -> dict[str, tuple[float, float
 def table(
     size: Size, url_label: str, results: dict[str, tuple[float, float]], cli: dict[str, tuple[float, float]]
 ) -> str:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [f"{url_label}: {size.versions:,} versions, {size.patches:,} patches, {size.bases} bases, "
-             f"{size.reports:,} check reports; {size.repeat} runs each", "",
-             "| operation (in-process) | p50 ms | p99 ms |", "|---|---:|---:|"]  # fmt: skip
-    lines += [f"| {k} | {p50:.2f} | {p99:.2f} |" for k, (p50, p99) in results.items()]
+             f"{size.reports:,} check reports; {size.repeat} runs each; load average {load:.1f} "
+             f"on {os.cpu_count()} cores", "",
+             "| operation (in-process) | p50 ms | p99 ms | CPU p50 ms | CPU p99 ms |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+    lines += [f"| {k} | {a:.2f} | {b:.2f} | {c:.2f} | {d:.2f} |" for k, (a, b, c, d) in results.items()]
     if cli:
         lines += ["", "| CLI, end to end | median wall s | max wall s | median CPU s |", "|---|---:|---:|---:|"]
         lines += [f"| patchctl {k} | {a:.3f} | {b:.3f} | {c:.3f} |" for k, (a, b, c) in cli.items()]

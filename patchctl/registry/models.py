@@ -83,7 +83,11 @@ class Patch(Base):
 class Version(Base):
     __tablename__ = "versions"
     # sort_key is equal for equal PEP 440 versions (1.0 == 1.0.0): it is the version's identity
-    __table_args__ = (UniqueConstraint("patch_id", "sort_key", name="uq_versions_patch_id_sort_key"),)
+    __table_args__ = (
+        UniqueConstraint("patch_id", "sort_key", name="uq_versions_patch_id_sort_key"),
+        # list's newest non-yanked version of a patch: one seek (0004)
+        Index("ix_versions_listing", "patch_id", "yanked", "sort_key"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     patch_id: Mapped[int] = mapped_column(

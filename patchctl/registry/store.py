@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version as PepVersion
-from sqlalchemy import case, func, select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.exc import OperationalError
@@ -306,29 +306,37 @@ class Catalog:
             if not patches:
                 return []
             ids = [p.id for p in patches]
-            counts = {
-                pid: (n, int(y or 0))
-                for pid, n, y in s.execute(
-                    select(
-                        m.Version.patch_id,
-                        func.count(),
-                        func.sum(case((m.Version.yanked.is_(True), 1), else_=0)),
-                    )
+            totals = dict(
+                s.execute(
+                    select(m.Version.patch_id, func.count())
                     .where(m.Version.patch_id.in_(ids))
                     .group_by(m.Version.patch_id)
                 ).all()
-            }
-            newest = (
-                select(m.Version.patch_id, func.max(m.Version.sort_key).label("k"))
-                .where(m.Version.patch_id.in_(ids), m.Version.yanked.is_(False))
-                .group_by(m.Version.patch_id)
-                .subquery()
             )
+            yanked_counts = dict(
+                s.execute(
+                    select(m.Version.patch_id, func.count())
+                    .where(m.Version.patch_id.in_(ids), m.Version.yanked.is_(True))
+                    .group_by(m.Version.patch_id)
+                ).all()
+            )
+            counts = {pid: (n, int(yanked_counts.get(pid, 0))) for pid, n in totals.items()}
+            # the newest non-yanked version of each patch: one index seek per patch (ix_versions_listing)
+            v2 = m.Version.__table__.alias("v2")
+            newest_id = (
+                select(v2.c.id)
+                .where(v2.c.patch_id == m.Patch.id, v2.c.yanked.is_(False))
+                .order_by(v2.c.sort_key.desc())
+                .limit(1)
+                .correlate(m.Patch)
+                .scalar_subquery()
+            )
+            newest = select(newest_id.label("vid")).where(m.Patch.id.in_(ids)).subquery()
             latest = {
                 pid: (v, t)
                 for pid, v, t in s.execute(
-                    select(m.Version.patch_id, m.Version.version, m.Version.task).join(
-                        newest, (m.Version.patch_id == newest.c.patch_id) & (m.Version.sort_key == newest.c.k)
+                    select(m.Version.patch_id, m.Version.version, m.Version.task).where(
+                        m.Version.id.in_(select(newest.c.vid))
                     )
                 ).all()
             }
@@ -487,12 +495,23 @@ class Catalog:
                 newest = newest.where(m.CompatReport.tool_version == tool_version)
             sub = newest.subquery()
             rows = s.execute(
-                select(m.CompatReport.version_id, m.CompatReport.status, m.CompatReport.report).join(
+                select(m.CompatReport.id, m.CompatReport.version_id, m.CompatReport.status).join(
                     sub, m.CompatReport.id == sub.c.rid
                 )
             ).all()
+            failed_ids = [rid for rid, _, status in rows if status == "fail"]
+            reports: dict[int, Any] = (
+                dict(
+                    s.execute(
+                        select(m.CompatReport.id, m.CompatReport.report).where(m.CompatReport.id.in_(failed_ids))
+                    ).all()
+                )
+                if failed_ids
+                else {}
+            )
             out: dict[str, tuple[str, list[str]]] = {}
-            for vid, status, report in rows:
+            for rid, vid, status in rows:
+                report = reports.get(rid)
                 failed = [
                     f"{r.get('name')}: {r.get('detail')}"
                     for r in (report or {}).get("results", [])
@@ -509,34 +528,30 @@ class Catalog:
             bid = s.scalar(select(m.BaseModel.id).where(m.BaseModel.weights_sha256 == weights_sha256))
             if bid is None:
                 return {}
+            parents: dict[int, list[int]] = {}
+            twins: dict[int, list[int]] = {}
+            for c, p, r in self._edges(s):
+                if r == IDENTICAL:
+                    twins.setdefault(c, []).append(p)
+                    twins.setdefault(p, []).append(c)
+                else:
+                    parents.setdefault(c, []).append(p)
             depth = {bid: 0}
-            level = [bid]
-            d = 0
+            level, d = [bid], 0
             while level:
-                # twins of this level first (same depth), then parents (one more)
                 todo = list(level)
-                while todo:
-                    rows = s.execute(
-                        select(m.BaseLineage.child_id, m.BaseLineage.parent_id).where(
-                            m.BaseLineage.relation == IDENTICAL,
-                            m.BaseLineage.child_id.in_(todo) | m.BaseLineage.parent_id.in_(todo),
-                        )
-                    ).all()
-                    todo = [x for c, p in rows for x in (c, p) if x not in depth]
-                    for x in todo:
-                        depth[x] = d
+                while todo:  # twins of this generation first (same depth), then parents (one more)
+                    todo = [t for x in todo for t in twins.get(x, ()) if t not in depth]
+                    for t in dict.fromkeys(todo):
+                        depth[t] = d
                     level += todo
                 d += 1
-                parents = s.execute(
-                    select(m.BaseLineage.parent_id).where(
-                        m.BaseLineage.child_id.in_(level), m.BaseLineage.relation != IDENTICAL
-                    )
-                ).all()
-                level = [p for (p,) in parents if p not in depth]
-                level = list(dict.fromkeys(level))
+                level = list(dict.fromkeys(p for x in level for p in parents.get(x, ()) if p not in depth))
                 for x in level:
                     depth[x] = d
             del depth[bid]
+            if not depth:
+                return {}
             shas = dict(
                 s.execute(
                     select(m.BaseModel.id, m.BaseModel.weights_sha256).where(m.BaseModel.id.in_(list(depth)))
@@ -712,7 +727,7 @@ class Catalog:
             c, p = self._base_row(s, child), self._base_row(s, parent)
             if c.id == p.id:
                 raise InvalidInputError("a base cannot be its own parent")
-            if c.id in {a.id for a, _, _ in self._walk(s, p.id)}:
+            if c.id in {i for i, _, _ in self._walk_ids(s, p.id)}:
                 raise InvalidInputError(
                     f"{c.weights_sha256[:12]} is already an ancestor of {p.weights_sha256[:12]}: lineage cycle"
                 )
@@ -728,27 +743,51 @@ class Catalog:
         return self._retrying(tx)
 
     @staticmethod
-    def _walk(s: Session, base_id: int) -> list[tuple[m.BaseModel, str, int]]:
-        """Breadth-first ancestors of a base: (row, relation, depth)."""
+    def _edges(s: Session) -> list[tuple[int, int, str]]:
+        """Every lineage edge (child id, parent id, relation): one narrow query; the graph of bases
+        is small next to versions and reports, and walking it in memory beats a query per level."""
+        rows = s.execute(
+            select(m.BaseLineage.child_id, m.BaseLineage.parent_id, m.BaseLineage.relation).order_by(m.BaseLineage.id)
+        ).all()
+        return [(c, p, r) for c, p, r in rows]
+
+    @staticmethod
+    def _parents(edges: list[tuple[int, int, str]]) -> dict[int, list[tuple[int, str]]]:
+        parents: dict[int, list[tuple[int, str]]] = {}
+        for c, p, r in edges:
+            parents.setdefault(c, []).append((p, r))
+        return parents
+
+    @classmethod
+    def _walk_ids(
+        cls, s: Session, base_id: int, parents: dict[int, list[tuple[int, str]]] | None = None
+    ) -> list[tuple[int, str, int]]:
+        """Breadth-first ancestors of a base: (id, relation, depth), by id within a generation."""
+        if parents is None:
+            parents = cls._parents(cls._edges(s))
         seen = {base_id}
         frontier = [base_id]
-        out: list[tuple[m.BaseModel, str, int]] = []
+        out: list[tuple[int, str, int]] = []
         depth = 0
         while frontier:
             depth += 1
-            rows = s.execute(
-                select(m.BaseModel, m.BaseLineage.relation)
-                .join(m.BaseLineage, m.BaseLineage.parent_id == m.BaseModel.id)
-                .where(m.BaseLineage.child_id.in_(frontier))
-                .order_by(m.BaseModel.id)
-            ).all()
+            level = sorted((p, r) for c in frontier for p, r in parents.get(c, ()))
             frontier = []
-            for row, relation in rows:
-                if row.id not in seen:
-                    seen.add(row.id)
-                    frontier.append(row.id)
-                    out.append((row, relation, depth))
+            for pid, relation in level:
+                if pid not in seen:
+                    seen.add(pid)
+                    frontier.append(pid)
+                    out.append((pid, relation, depth))
         return out
+
+    @classmethod
+    def _walk(cls, s: Session, base_id: int) -> list[tuple[m.BaseModel, str, int]]:
+        """Breadth-first ancestors of a base: (row, relation, depth)."""
+        found = cls._walk_ids(s, base_id)
+        if not found:
+            return []
+        rows = {r.id: r for r in s.scalars(select(m.BaseModel).where(m.BaseModel.id.in_([i for i, _, _ in found])))}
+        return [(rows[i], rel, d) for i, rel, d in found]
 
     def ancestors(self, weights_sha256: str) -> list[Ancestor]:
         """Every recorded ancestor of a base, nearest first. Empty if the base is unknown."""
@@ -786,13 +825,17 @@ class Catalog:
                 assert base is not None
                 seeds = {self._base_row(s, base).id}
                 versions = []
+            edges = self._edges(s)
+            parent_map = self._parents(edges)
             component = set(seeds)
             for seed in seeds:
-                component |= {r.id for r, _, _ in self._walk(s, seed)}
+                component |= {i for i, _, _ in self._walk_ids(s, seed, parent_map)}
+            children: dict[int, list[int]] = {}
+            for c, p, _ in edges:
+                children.setdefault(p, []).append(c)
             frontier = list(component)
             while frontier:  # descendants
-                kids = s.scalars(select(m.BaseLineage.child_id).where(m.BaseLineage.parent_id.in_(frontier))).all()
-                frontier = [k for k in kids if k not in component]
+                frontier = [k for f in frontier for k in children.get(f, ()) if k not in component]
                 component.update(frontier)
             brows = s.scalars(select(m.BaseModel).where(m.BaseModel.id.in_(component)).order_by(m.BaseModel.id)).all()
             shas = [b.weights_sha256 for b in brows]

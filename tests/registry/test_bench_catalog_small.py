@@ -24,7 +24,7 @@ def test_small_benchmark_runs(db_url: str, tmp_path: Path) -> None:
     ops = data["in_process_ms"]
     assert set(ops) == {"resolve (specifier)", "resolve (alias)", "resolve (for a base)", "list (page of 100)",
                         "show", "search", "lineage (a patch)"}  # fmt: skip
-    assert all(0 < p50 <= p99 for p50, p99 in ops.values())
+    assert all(0 < p50 <= p99 and 0 <= cpu50 <= cpu99 for p50, p99, cpu50, cpu99 in ops.values())
     assert (tmp_path / "out.json").is_file()
 
 

@@ -23,6 +23,12 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     """Upgrade schema."""
+    with op.batch_alter_table("versions", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_versions_listing",
+            ["patch_id", "yanked", "sort_key"],
+            unique=False,
+        )
     with op.batch_alter_table("compat_reports", schema=None) as batch_op:
         batch_op.create_index(
             "ix_compat_reports_version_id_base_weights_sha256_id",
@@ -51,3 +57,5 @@ def downgrade() -> None:
         batch_op.drop_index("ix_validations_version_id_base_weights_sha256")
     with op.batch_alter_table("compat_reports", schema=None) as batch_op:
         batch_op.drop_index("ix_compat_reports_version_id_base_weights_sha256_id")
+    with op.batch_alter_table("versions", schema=None) as batch_op:
+        batch_op.drop_index("ix_versions_listing")
