@@ -5,17 +5,14 @@ from __future__ import annotations
 import click
 
 from patchctl.cli._output import json_option, print_json, print_table
-from patchctl.registry.resolver import BaseResolution, NoCompatibleVersionError
+from patchctl.registry.resolver import BaseResolution, CandidateOutcome, NoCompatibleVersionError
 from patchctl.settings import Settings
 
 __all__ = ["COMMANDS"]
 
 
 def _explain(res: BaseResolution) -> None:
-    def status(c: object) -> str:
-        from patchctl.registry.resolver import CandidateOutcome
-
-        assert isinstance(c, CandidateOutcome)
+    def status(c: CandidateOutcome) -> str:
         if c.ref == res.chosen:
             return "CHOSEN"
         if c.rejected:

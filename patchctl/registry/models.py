@@ -9,12 +9,14 @@ versions           one immutable version of a patch: PEP 440 version, sort key, 
                    manifest JSON (patch.json), yanked flag and reason
 files              a version's files: relative path, sha256, size (bytes live in the content store)
 aliases            ``org/name@stable`` → a version
-bases              base checkpoints by ``weights_sha256`` (unique); structure fingerprint, family
+bases              base checkpoints by ``weights_sha256`` (unique); structure and tensor-content
+                   fingerprints, family
 base_lineage       edges child → parent with a relation (``update``, ``finetune``, ...)
 version_remotes    where a version was published (remote URL, revision/commit)
 compat_reports     the result of ``check`` for a version on a base
 validations        eval scores and verdict for a version on a base
-installs           each install: version, base, output, format, forced, report used
+installs           each install: version, base, output, format, forced, report used, the
+                   resolver's decision (when a range or alias was installed)
 =================  =============================================================================
 """
 

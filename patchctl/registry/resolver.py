@@ -254,6 +254,7 @@ class Reporter:
         )
 
     def not_checked(self, c: BaseCandidate, chosen: str) -> None:
+        """Ranked below ``chosen``, which passed: left unchecked (``--explain`` checks it)."""
         prev = self.outcomes[c.ref]
         self.outcomes[c.ref] = CandidateOutcome(
             prev.ref, prev.version, prev.source_base, prev.rank, prev.reason, None, None
