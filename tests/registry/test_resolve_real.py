@@ -80,3 +80,15 @@ def test_cli_resolve_on_a_directory(settings: Settings, llama_adapter: Path, pic
     r = run_cli(["--home", str(settings.home), "resolve", "acme/p", "--onto", str(pico_llama), "--json"])
     assert r.code == 0, r.stderr
     assert json.loads(r.stdout)["chosen"] == "acme/p==1.0.0"
+
+
+def test_cli_install_shows_the_decision(
+    settings: Settings, llama_adapter: Path, pico_llama: Path, tmp_path: Path
+) -> None:
+    _push(settings, llama_adapter, pico_llama, "1.0.0")
+    args = ["--home", str(settings.home), "install", "acme/p", "--onto", str(pico_llama), "--format", "adapter"]
+    r = run_cli([*args, "--out", str(tmp_path / "a"), "--json"])
+    assert r.code == 0, r.stderr
+    assert json.loads(r.stdout)["decision"]["chosen"] == "acme/p==1.0.0"
+    r = run_cli([*args, "--out", str(tmp_path / "b")])
+    assert r.code == 0 and "resolved acme/p for this base: acme/p==1.0.0" in r.stderr
