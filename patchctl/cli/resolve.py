@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from patchctl.cli._output import json_option, print_json, print_table
+from patchctl.errors import NotFoundError
 from patchctl.registry.resolver import BaseResolution, CandidateOutcome, NoCompatibleVersionError
 from patchctl.settings import Settings
 
@@ -65,6 +66,10 @@ def resolve_cmd(
             print_json(exc.resolution.to_dict())
         elif explain:
             _explain(exc.resolution)
+        raise
+    except NotFoundError:  # no candidate at all (nothing matches, all yanked, unknown patch)
+        if as_json:
+            print_json({"request": request, "base": None, "chosen": None, "candidates": []})
         raise
     if as_json:
         print_json(res.to_dict())

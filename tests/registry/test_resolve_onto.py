@@ -137,6 +137,10 @@ def test_cli_json_and_exit_codes(catalog: Catalog, settings: Settings) -> None:
     assert "checks failed: shapes" in r.stderr
     r = run_cli([*db, "resolve", "acme/p>=2", "--onto", sha("theta2"), "--explain"])
     assert r.code == 3 and "rejected" in r.stdout
+    r = run_cli([*db, "resolve", "acme/p>=9", "--onto", sha("theta2"), "--json"])
+    assert r.code == 3 and json.loads(r.stdout) == {"request": "acme/p>=9", "base": None, "chosen": None,
+                                                    "candidates": []}  # fmt: skip
+    assert "no version of acme/p>=9 matches" in r.stderr
 
 
 def test_error_carries_the_resolution(catalog: Catalog, settings: Settings) -> None:
