@@ -347,9 +347,12 @@ def materialize_version(settings: Settings, version: VersionInfo, dest: Path, *,
 # -- list / show / resolve ------------------------------------------------------------------
 
 
-def list_patches(settings: Settings, namespace: str | None = None) -> list[PatchSummary]:
+def list_patches(
+    settings: Settings, namespace: str | None = None, *, limit: int | None = None, cursor: str | None = None
+) -> list[PatchSummary]:
+    """Patches by name; ``limit`` of them after ``cursor`` (the last name of the previous page)."""
     with catalog(settings) as cat:
-        return cat.list_patches(namespace)
+        return cat.list_patches(namespace, limit=limit, after=cursor)
 
 
 def _patch_ref(text: str) -> PatchRef:
@@ -385,8 +388,19 @@ class PatchDetails:
     installs: tuple[InstallRecord, ...]
 
 
-def show(settings: Settings, ref: str) -> PatchDetails:
-    """Everything the catalog knows about one version (``org/name`` → the newest non-yanked)."""
+def show(
+    settings: Settings,
+    ref: str,
+    *,
+    all_reports: bool = False,
+    limit: int | None = None,
+    reports_cursor: int | None = None,
+    installs_cursor: int | None = None,
+) -> PatchDetails:
+    """Everything the catalog knows about one version (``org/name`` → the newest non-yanked).
+
+    Compat reports: the newest per base unless ``all_reports``; reports and installs: ``limit``
+    rows (newest first) older than their cursor (the last id of the previous page)."""
     with catalog(settings) as cat:
         resolved = cat.resolve(_patch_ref(ref))
         v = resolved.version
@@ -397,14 +411,18 @@ def show(settings: Settings, ref: str) -> PatchDetails:
         return PatchDetails(
             version=v,
             via=resolved.via,
-            versions=tuple(VersionRow(x.version, x.yanked, x.created_at) for x in cat.list_versions(v.name)),
+            versions=tuple(VersionRow(*x) for x in cat.list_version_rows(v.name)),
             aliases=tuple(cat.list_aliases(v.name)),
             source_base=source,
             lineage=tuple(cat.ancestors(v.manifest.source_base.weights_sha256)),
             remotes=tuple(cat.list_remotes(v.name, v.version)),
-            compat_reports=tuple(cat.list_compat_reports(v.name, v.version)),
+            compat_reports=tuple(
+                cat.list_compat_reports(
+                    v.name, v.version, latest_per_base=not all_reports, limit=limit, before=reports_cursor
+                )
+            ),
             validations=tuple(cat.list_validations(v.name, v.version)),
-            installs=tuple(cat.list_installs(v.name, v.version)),
+            installs=tuple(cat.list_installs(v.name, v.version, limit=limit, before=installs_cursor)),
         )
 
 
@@ -518,9 +536,12 @@ def base_add(
         return BaseAddResult(base, created, edges)
 
 
-def base_list(settings: Settings) -> BaseListing:
+def base_list(settings: Settings, *, limit: int | None = None, cursor: str | None = None) -> BaseListing:
+    """Recorded bases and their parents; ``limit`` of them after ``cursor`` (a weights fingerprint)."""
     with catalog(settings) as cat:
-        return BaseListing(tuple(cat.list_bases()), tuple(cat.list_lineage()))
+        bases = tuple(cat.list_bases(limit=limit, after=cursor))
+        children = None if limit is None and cursor is None else [b.weights_sha256 for b in bases]
+        return BaseListing(bases, tuple(cat.list_lineage(children)))
 
 
 # -- database ---------------------------------------------------------------------------------

@@ -7,20 +7,25 @@ Fingerprints (DESIGN.md):
   On the Hub the per-file sha256 is the LFS oid, so remote bases are fingerprinted from metadata.
 - ``structure_sha256``: sha256 of canonical JSON (sorted keys, no spaces) of
   ``{"model_type": ..., "tensors": [[name, [shape...], dtype], ...]}`` with tensors sorted by name.
+- ``tensors_sha256`` (local bases): sha256 over the sorted lines ``"<tensor>\t<dtype>\t<shape>\t<sha256
+  of its bytes>\n"``: the same for identical weights re-sharded or re-uploaded with other file
+  metadata. The per-tensor sha256 are computed in the same read that hashes each file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import struct
+import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from patchctl._fs import HashCache, sha256_file
+from patchctl._fs import CHUNK, HashCache, atomic_write_text, sha256_file
 from patchctl.errors import InvalidInputError, UnsupportedError
 from patchctl.schemas.base import BaseFacts, Family, FamilyDetails, TensorInfo, TokenizerFacts, WeightFile
 from patchctl.tokenids import read_local_tokenizer
@@ -107,6 +112,81 @@ def structure_fingerprint(model_type: str, tensors: Iterable[tuple[str, Iterable
     rows = sorted([name, [int(d) for d in shape], str(dtype)] for name, shape, dtype in tensors)
     doc = {"model_type": model_type, "tensors": rows}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def tensors_fingerprint(tensors: Mapping[str, TensorInfo], digests: Mapping[str, str]) -> str | None:
+    """The tensor-content fingerprint (module docstring); None unless every tensor has a digest."""
+    if set(digests) != set(tensors):
+        return None
+    lines = sorted(
+        f"{name}\t{t.dtype}\t{','.join(map(str, t.shape))}\t{digests[name]}\n" for name, t in tensors.items()
+    )
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def hash_file_and_tensors(
+    path: Path, header: Mapping[str, Any], progress: Callable[[int], None] | None = None, *, chunk_size: int = CHUNK
+) -> tuple[str, dict[str, str]]:
+    """One sequential read of a safetensors file: its sha256 and the sha256 of each tensor's bytes."""
+    with open(path, "rb") as f:
+        data_start = 8 + header_length(f.read(8))
+    spans = sorted(
+        (int(info["data_offsets"][0]) + data_start, int(info["data_offsets"][1]) + data_start, name)
+        for name, info in header.items()
+        if name != "__metadata__"
+    )
+    whole = hashlib.sha256()
+    per = {name: hashlib.sha256() for _, _, name in spans}
+    pos, i = 0, 0
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            whole.update(chunk)
+            end = pos + len(chunk)
+            j = i
+            while j < len(spans) and spans[j][0] < end:
+                a, b, name = spans[j]
+                lo, hi = max(a, pos), min(b, end)
+                if hi > lo:
+                    per[name].update(chunk[lo - pos : hi - pos])
+                if b > end:
+                    break
+                j += 1
+            i = j
+            pos = end
+            if progress is not None:
+                progress(len(chunk))
+    return whole.hexdigest(), {name: h.hexdigest() for name, h in per.items()}
+
+
+class _TensorHashCache:
+    """File and per-tensor sha256 remembered by (real path, device, inode, size, mtime), beside the
+    file hash cache (``<cache>/tensors/``): a second read of an unchanged base reads no weights."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _entry(self, path: Path, st: os.stat_result) -> Path:
+        ident = f"{os.path.realpath(path)}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}"
+        key = hashlib.sha256(ident.encode()).hexdigest()
+        return self.root / key[:2] / f"{key}.json"
+
+    def hashes(
+        self, path: Path, header: Mapping[str, Any], progress: Callable[[int], None] | None
+    ) -> tuple[str, dict[str, str]]:
+        st = os.stat(path)
+        entry = self._entry(path, st)
+        try:
+            cached = json.loads(entry.read_text(encoding="utf-8"))
+            if progress is not None:
+                progress(st.st_size)
+            return str(cached["sha256"]), {str(k): str(v) for k, v in cached["tensors"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass
+        digest, tensors = hash_file_and_tensors(path, header, progress)
+        if time.time() - st.st_mtime_ns / 1e9 > 2 and os.stat(path).st_mtime_ns == st.st_mtime_ns:
+            with contextlib.suppress(OSError):
+                atomic_write_text(entry, json.dumps({"sha256": digest, "tensors": tensors}, sort_keys=True))
+        return digest, tensors
 
 
 def family_from_config(config: Mapping[str, Any], *, source: str = "config.json") -> Family:
@@ -256,6 +336,7 @@ def base_facts_from_parts(
     headers: Mapping[str, Mapping[str, Any]],
     tokenizer_files: Iterable[tuple[str, str]] = (),
     tokenizer: TokenizerFacts | None = None,
+    tensor_sha256: Mapping[str, str] | None = None,
 ) -> BaseFacts:
     """Assemble :class:`BaseFacts` from a config, ``(path, sha256, size)`` of each weight file and
     each file's safetensors header. Shared by local directories and remote (Hub) bases."""
@@ -284,6 +365,7 @@ def base_facts_from_parts(
         tokenizer_sha256=tokenizer_fingerprint(tok) if tok else None,
         tokenizer=tokenizer,
         quantization=quant,
+        tensors_sha256=tensors_fingerprint(tensors, tensor_sha256) if tensor_sha256 is not None else None,
     )
 
 
@@ -310,7 +392,7 @@ def read_local_base(
 ) -> BaseFacts:
     """Facts of a local base directory. Hashes every weight file (streaming, or from ``hash_cache``
     when the file is unchanged since it was last hashed); never loads tensors."""
-    hasher = hash_cache.sha256 if hash_cache is not None else sha256_file
+    tensor_cache = _TensorHashCache(hash_cache.root.parent / "tensors") if hash_cache is not None else None
     base_dir = Path(base_dir).expanduser()
     if not base_dir.is_dir():
         raise InvalidInputError(f"{base_dir}: base directory does not exist")
@@ -318,9 +400,17 @@ def read_local_base(
     names = weight_file_names(base_dir)
     headers = {name: read_safetensors_header(base_dir / name) for name in names}
     # shards are hashed in parallel: hashlib releases the GIL, so this uses every core
+
+    def hashes(name: str) -> tuple[str, dict[str, str]]:
+        # the file's sha256 and each tensor's, in one read (or none, when remembered)
+        if tensor_cache is not None:
+            return tensor_cache.hashes(base_dir / name, headers[name], progress)
+        return hash_file_and_tensors(base_dir / name, headers[name], progress)
+
     with ThreadPoolExecutor(max_workers=max(1, min(len(names), os.cpu_count() or 1, 8))) as pool:
-        digests = list(pool.map(lambda name: hasher(base_dir / name, progress), names))
-    files = [(name, digest, (base_dir / name).stat().st_size) for name, digest in zip(names, digests, strict=True)]
+        results = list(pool.map(hashes, names))
+    files = [(name, r[0], (base_dir / name).stat().st_size) for name, r in zip(names, results, strict=True)]
+    tensor_sha256 = {t: d for _, per in results for t, d in per.items()}
     tok = [(n, sha256_file(base_dir / n)) for n in TOKENIZER_FILES if (base_dir / n).is_file()]
     return base_facts_from_parts(
         source=str(base_dir.resolve()),
@@ -330,4 +420,5 @@ def read_local_base(
         headers=headers,
         tokenizer_files=tok,
         tokenizer=read_local_tokenizer(base_dir),
+        tensor_sha256=tensor_sha256,
     )

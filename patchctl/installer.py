@@ -81,6 +81,8 @@ class InstallOutcome:
     plan: dict[str, Any] | None
     result: dict[str, Any] | None
     install_id: int | None
+    #: how the resolver chose the version for this base (REQ not an exact pin), else None
+    decision: dict[str, Any] | None = None
 
 
 _MATERIALIZE_PREFIX = ".materialize-"
@@ -340,6 +342,7 @@ def install(
     if format == "merged" and not dry_run:
         _import_merge_engine_in_background()
     target = _target_base(settings, onto, progress=progress)
+    patch, decision = _resolve_for_target(settings, patch, target)
     source = _patch_source(settings, patch, progress=progress)
     outcome = _run(settings, source, target)
     report = outcome.report
@@ -366,7 +369,7 @@ def install(
     }
     plan = plan_merge(layout, target.local_dir) if format == "merged" and target.local_dir else None
     if dry_run:
-        return InstallOutcome(outcome, format, out, True, forced, _plan_summary(plan, source), None, None)
+        return InstallOutcome(outcome, format, out, True, forced, _plan_summary(plan, source), None, None, decision)
     assert out is not None
     if format == "merged":
         if plan is None:  # a Hub base: download only now that the checks passed
@@ -401,7 +404,47 @@ def install(
                 format=format,
                 forced=forced,
                 report_id=outcome.report_id,
+                decision=decision,
             ).id
     return InstallOutcome(
-        outcome, format, result.out_dir, False, forced, _plan_summary(plan, source), result.to_dict(), install_id
+        outcome,
+        format,
+        result.out_dir,
+        False,
+        forced,
+        _plan_summary(plan, source),
+        result.to_dict(),
+        install_id,
+        decision,
     )
+
+
+def _resolve_for_target(settings: Settings, patch: str, target: TargetBase) -> tuple[str, dict[str, Any] | None]:
+    """A catalog reference that is not an exact pin goes through the resolver for ``target``
+    (:mod:`patchctl.resolving`, unrelated same-family versions allowed, ranked last, as the
+    ``lineage`` check only warns about them): the chosen ``org/name==X`` and the decision to record.
+
+    When no version fits, the newest matching one is taken as before, so its failed checks are
+    shown and refused (exit 21) or installed with ``--force``; the decision records why."""
+    from patchctl.registry.resolver import NoCompatibleVersionError
+    from patchctl.registry.store import open_catalog
+    from patchctl.resolving import ResolveTarget, needs_resolution, resolve_with_catalog
+
+    if not needs_resolution(patch):
+        return patch, None
+    cat = open_catalog(settings)
+    try:
+        rt = ResolveTarget(target.facts.weights_sha256, target.facts, target.ref)
+        try:
+            res = resolve_with_catalog(settings, cat, patch, rt, allow_unrelated=True)
+        except NoCompatibleVersionError as exc:
+            ref = parse_patch_ref(patch)
+            assert isinstance(ref, PatchRef)
+            fallback = cat.resolve(ref).version.ref
+            log.warning("no version of %s fits %s; trying %s (the newest matching)", patch, target.ref, fallback)
+            return fallback, {**exc.resolution.to_dict(), "fallback": fallback}
+    finally:
+        cat.close()
+    assert res.chosen is not None
+    log.info("resolved %s for %s: %s", patch, target.ref, res.chosen)
+    return res.chosen, res.to_dict()

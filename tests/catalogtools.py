@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from patchctl.registry.db import make_engine
 from patchctl.registry.models import Base
-from patchctl.schemas.base import Family
+from patchctl.schemas.base import BaseFacts, Family, TensorInfo, WeightFile
 from patchctl.schemas.manifest import FileEntry, LoraSpec, Manifest, SourceBase
 from patchctl.settings import Settings
 
@@ -98,3 +98,16 @@ def run_cli(args: list[str], env: dict[str, str] | None = None) -> CliResult:
 
 def settings_for(home: Path, db_url: str) -> Settings:
     return Settings(home=home, database_url=db_url)
+
+
+def base_facts(name: str) -> BaseFacts:
+    """Facts of a synthetic base whose weights fingerprint is ``sha(name)`` (one tensor, llama family)."""
+    return BaseFacts(
+        source=f"/models/{name}",
+        weights_sha256=sha(name),
+        structure_sha256=sha("structure"),
+        family=FAMILY,
+        config={"model_type": "llama"},
+        weight_files=(WeightFile(path="model.safetensors", sha256=sha(name + "file"), size=1),),
+        tensors={"w": TensorInfo(dtype="F32", shape=(2, 2), file="model.safetensors")},
+    )

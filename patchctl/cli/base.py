@@ -8,6 +8,8 @@ import click
 
 from patchctl import api
 from patchctl.cli._output import json_option, print_json, print_table
+from patchctl.cli.patches import limit_option, next_page
+from patchctl.errors import InvalidInputError
 from patchctl.registry.store import LINEAGE_RELATIONS
 from patchctl.settings import Settings
 
@@ -20,7 +22,7 @@ def base_group() -> None:
 
 
 @base_group.command("add")
-@click.argument("base_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("base_dir")
 @click.option("--revision", help="Revision (commit) of this base.")
 @click.option(
     "--parent",
@@ -40,16 +42,29 @@ def base_group() -> None:
 @click.pass_obj
 def base_add_cmd(
     settings: Settings,
-    base_dir: Path,
+    base_dir: str,
     revision: str | None,
     parents: tuple[str, ...],
     relation: str,
     as_json: bool,
 ) -> None:
-    """Fingerprint a local base directory and record it (idempotent), with its lineage."""
-    res = api.base_add(
-        settings, base_dir, revision=revision, parents=parents, relation=relation, show_progress=not as_json
-    )
+    """Fingerprint a base and record it (idempotent), with its lineage.
+
+    BASE_DIR is a local directory, or hf://org/repo[@rev]: a Hub base is fingerprinted from its
+    metadata (no weights downloaded) and its lineage also comes from its model card (base_model,
+    base_model_relation) and from its commit history (the nearest earlier commit in the catalog).
+    """
+    if base_dir.startswith("hf://"):
+        from patchctl.lineage import add_hub_base
+
+        if revision:
+            raise InvalidInputError("give a Hub base's revision in the reference: hf://org/repo@REV")
+        hub = add_hub_base(settings, base_dir, parents=parents, relation=relation)
+        res = api.BaseAddResult(hub.base, hub.created, hub.edges)
+    else:
+        res = api.base_add(
+            settings, Path(base_dir), revision=revision, parents=parents, relation=relation, show_progress=not as_json
+        )
     what = "recorded" if res.created else "already known:"
     click.echo(f"{what} base {res.base.weights_sha256[:12]} ({res.base.source})", err=True)
     for e in res.edges:
@@ -61,11 +76,15 @@ def base_add_cmd(
 
 
 @base_group.command("list")
+@limit_option(100, "bases")
+@click.option("--cursor", help="Start after this base (weights fingerprint printed at the end of the previous page).")
 @json_option
 @click.pass_obj
-def base_list_cmd(settings: Settings, as_json: bool) -> None:
-    """List recorded bases and their parents."""
-    listing = api.base_list(settings)
+def base_list_cmd(settings: Settings, limit: int, cursor: str | None, as_json: bool) -> None:
+    """List recorded bases (in the order they were recorded) and their parents, a page at a time."""
+    listing = api.base_list(settings, limit=limit, cursor=cursor)
+    if listing.bases:
+        next_page(len(listing.bases), limit, listing.bases[-1].weights_sha256)
     if as_json:
         print_json(listing)
         return

@@ -129,9 +129,12 @@ def install_cmd(
                 "plan": outcome.plan,
                 "result": to_jsonable(outcome.result),
                 "install_id": outcome.install_id,
+                "decision": outcome.decision,
             }
         )
         return
+    if outcome.decision is not None and outcome.decision.get("chosen"):
+        click.echo(f"resolved {outcome.decision['request']} for this base: {outcome.decision['chosen']}", err=True)
     if dry_run:
         plan = outcome.plan
         if plan is None:

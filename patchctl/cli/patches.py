@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -13,6 +15,7 @@ from patchctl.settings import Settings
 
 __all__ = ["COMMANDS"]
 
+F = TypeVar("F", bound=Callable[..., Any])
 _DIR = click.Path(exists=False, file_okay=False, path_type=Path)
 
 
@@ -88,13 +91,32 @@ def push_cmd(
         click.echo(v.ref)
 
 
+def limit_option(default: int, what: str) -> Callable[[F], F]:
+    return click.option(
+        "--limit",
+        type=click.IntRange(min=1),
+        default=default,
+        show_default=True,
+        help=f"At most this many {what} (a page; the next page's --cursor is printed on stderr).",
+    )
+
+
+def next_page(rows: int, limit: int | None, cursor: object, flag: str = "--cursor") -> None:
+    if limit is not None and rows >= limit:
+        click.echo(f"more: next page with {flag} {cursor}", err=True)
+
+
 @click.command("list")
 @click.option("--namespace", help="Only patches of this namespace.")
+@limit_option(100, "patches")
+@click.option("--cursor", help="Start after this patch name (printed at the end of the previous page).")
 @json_option
 @click.pass_obj
-def list_cmd(settings: Settings, namespace: str | None, as_json: bool) -> None:
-    """List the patches in the catalog (newest non-yanked version of each)."""
-    patches = api.list_patches(settings, namespace)
+def list_cmd(settings: Settings, namespace: str | None, limit: int, cursor: str | None, as_json: bool) -> None:
+    """List the patches in the catalog (newest non-yanked version of each), by name, a page at a time."""
+    patches = api.list_patches(settings, namespace, limit=limit, cursor=cursor)
+    if patches:
+        next_page(len(patches), limit, patches[-1].name)
     if as_json:
         print_json(patches)
         return
@@ -123,14 +145,39 @@ def _warn_yanked(v: VersionInfo) -> None:
 
 @click.command("show")
 @click.argument("ref")
+@click.option("--all-reports", is_flag=True, help="Every compat report, not only the newest per base.")
+@limit_option(20, "compat reports and installs each")
+@click.option("--reports-cursor", type=int, help="Reports older than this report id (the previous page's last).")
+@click.option("--installs-cursor", type=int, help="Installs older than this install id (the previous page's last).")
 @json_option
 @click.pass_obj
-def show_cmd(settings: Settings, ref: str, as_json: bool) -> None:
+def show_cmd(
+    settings: Settings,
+    ref: str,
+    all_reports: bool,
+    limit: int,
+    reports_cursor: int | None,
+    installs_cursor: int | None,
+    as_json: bool,
+) -> None:
     """Show one version: manifest, files, source base and its lineage, aliases, remotes, reports.
 
     REF is org/name (newest non-yanked), org/name==1.2.0, org/name==1.*, or org/name@alias.
+    Compat reports: the newest per base (--all-reports for every one); reports and installs
+    are paged (--limit, --reports-cursor, --installs-cursor).
     """
-    d = api.show(settings, ref)
+    d = api.show(
+        settings,
+        ref,
+        all_reports=all_reports,
+        limit=limit,
+        reports_cursor=reports_cursor,
+        installs_cursor=installs_cursor,
+    )
+    if d.compat_reports:
+        next_page(len(d.compat_reports), limit, d.compat_reports[-1].id, "--reports-cursor")
+    if d.installs:
+        next_page(len(d.installs), limit, d.installs[-1].id, "--installs-cursor")
     _warn_yanked(d.version)
     if as_json:
         data = to_jsonable(d)

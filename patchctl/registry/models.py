@@ -9,12 +9,14 @@ versions           one immutable version of a patch: PEP 440 version, sort key, 
                    manifest JSON (patch.json), yanked flag and reason
 files              a version's files: relative path, sha256, size (bytes live in the content store)
 aliases            ``org/name@stable`` → a version
-bases              base checkpoints by ``weights_sha256`` (unique); structure fingerprint, family
+bases              base checkpoints by ``weights_sha256`` (unique); structure and tensor-content
+                   fingerprints, family
 base_lineage       edges child → parent with a relation (``update``, ``finetune``, ...)
 version_remotes    where a version was published (remote URL, revision/commit)
 compat_reports     the result of ``check`` for a version on a base
 validations        eval scores and verdict for a version on a base
-installs           each install: version, base, output, format, forced, report used
+installs           each install: version, base, output, format, forced, report used, the
+                   resolver's decision (when a range or alias was installed)
 =================  =============================================================================
 """
 
@@ -30,6 +32,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -82,7 +85,11 @@ class Patch(Base):
 class Version(Base):
     __tablename__ = "versions"
     # sort_key is equal for equal PEP 440 versions (1.0 == 1.0.0): it is the version's identity
-    __table_args__ = (UniqueConstraint("patch_id", "sort_key", name="uq_versions_patch_id_sort_key"),)
+    __table_args__ = (
+        UniqueConstraint("patch_id", "sort_key", name="uq_versions_patch_id_sort_key"),
+        # list's newest non-yanked version of a patch: one seek (0004)
+        Index("ix_versions_listing", "patch_id", "yanked", "sort_key"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     patch_id: Mapped[int] = mapped_column(
@@ -142,6 +149,8 @@ class BaseModel(Base):
     revision: Mapped[str | None] = mapped_column(String(255), nullable=True)
     weights_sha256: Mapped[str] = mapped_column(SHA)
     structure_sha256: Mapped[str] = mapped_column(SHA, index=True)
+    #: per-tensor content fingerprint (0004): identical weights re-sharded/re-uploaded share it
+    tensors_sha256: Mapped[str | None] = mapped_column(SHA, nullable=True, index=True)
     family: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(TS)
 
@@ -179,6 +188,10 @@ class VersionRemote(Base):
 
 class CompatReport(Base):
     __tablename__ = "compat_reports"
+    # the resolver's cache key (version, base) and show's "latest report per base" (0004)
+    __table_args__ = (
+        Index("ix_compat_reports_version_id_base_weights_sha256_id", "version_id", "base_weights_sha256", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     version_id: Mapped[int] = mapped_column(
@@ -193,6 +206,8 @@ class CompatReport(Base):
 
 class Validation(Base):
     __tablename__ = "validations"
+    # "validated on this exact base" for the resolver (0004)
+    __table_args__ = (Index("ix_validations_version_id_base_weights_sha256", "version_id", "base_weights_sha256"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     version_id: Mapped[int] = mapped_column(
@@ -220,4 +235,6 @@ class Install(Base):
         ForeignKey("compat_reports.id", name="fk_installs_report_id_compat_reports", ondelete="SET NULL"),
         nullable=True,
     )
+    #: how the resolver chose this version for the base (``install REQ --onto BASE``), when it did (0004)
+    decision: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(TS)

@@ -17,6 +17,9 @@ __all__ = [
     "CompatReportRecord",
     "InstallRecord",
     "LineageEdge",
+    "LineageGraph",
+    "LineageResult",
+    "LineageVersion",
     "PatchSummary",
     "RemoteCopy",
     "ResolvedVersion",
@@ -150,3 +153,35 @@ class InstallRecord:
     forced: bool
     report_id: int | None
     created_at: datetime
+    #: the resolver's decision when the install named a range or alias (``install REQ --onto BASE``)
+    decision: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class LineageVersion:
+    ref: str
+    source_weights_sha256: str
+    yanked: bool
+
+
+@dataclass(frozen=True)
+class LineageResult:
+    """A check report or a validation of a version on a base (the newest of each pair)."""
+
+    ref: str
+    base_weights_sha256: str
+    kind: Literal["check", "validation"]
+    status: str  # pass | warn | fail (checks), pass | fail (validations)
+
+
+@dataclass(frozen=True)
+class LineageGraph:
+    """The bases connected to the seeds (ancestors and descendants), their edges, the patch versions
+    made on them, and the checks and validations run on them."""
+
+    bases: tuple[BaseInfo, ...]
+    edges: tuple[LineageEdge, ...]
+    versions: tuple[LineageVersion, ...]
+    results: tuple[LineageResult, ...]
+    #: base fingerprint → versions made on it that are not listed (over the per-base limit)
+    more_versions: dict[str, int] = field(default_factory=dict)

@@ -14,8 +14,9 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
+from packaging.specifiers import SpecifierSet
 from packaging.version import Version as PepVersion
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.exc import OperationalError
@@ -32,24 +33,38 @@ from patchctl.registry.records import (
     CompatReportRecord,
     InstallRecord,
     LineageEdge,
+    LineageGraph,
+    LineageResult,
+    LineageVersion,
     PatchSummary,
     RemoteCopy,
     ResolvedVersion,
     ValidationRecord,
     VersionInfo,
 )
-from patchctl.registry.resolver import Candidate, exact_version, pick_version, version_sort_key
+from patchctl.registry.resolver import BaseCandidate, Candidate, exact_version, pick_version, version_sort_key
 from patchctl.schemas.base import BaseFacts, Family
 from patchctl.schemas.manifest import Manifest, check_patch_name, normalize_version
 from patchctl.schemas.refs import PatchRef
 from patchctl.settings import Settings
 
-__all__ = ["LINEAGE_RELATIONS", "Catalog", "check_alias_name", "open_catalog"]
+__all__ = ["IDENTICAL", "LINEAGE_RELATIONS", "Catalog", "check_alias_name", "open_catalog"]
 
 T = TypeVar("T")
 
+#: the same tensors as the parent (re-sharded or re-uploaded): recorded automatically when a base's
+#: tensor-content fingerprint matches a recorded one; the resolver treats both as the same base
+IDENTICAL = "identical-weights"
 #: how a child base relates to its parent (``patchctl base add --relation``)
-LINEAGE_RELATIONS = ("update", "continued-pretraining", "finetune", "merge", "quantization", "other")
+LINEAGE_RELATIONS = (
+    "update",
+    "continued-pretraining",
+    "finetune",
+    "merge",
+    "quantization",
+    "other",
+    IDENTICAL,
+)
 _ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
 _STATUSES = ("pass", "warn", "fail")
 
@@ -267,49 +282,128 @@ class Catalog:
             rows = s.scalars(q.order_by(m.Version.sort_key)).all()
             return [self._info(patch, r) for r in rows]
 
-    def list_patches(self, namespace: str | None = None) -> list[PatchSummary]:
+    def list_patches(
+        self,
+        namespace: str | None = None,
+        *,
+        limit: int | None = None,
+        after: str | None = None,
+        only: set[str] | None = None,
+    ) -> list[PatchSummary]:
+        """Patches by name (``limit`` of them after the name ``after``: a page), each with its newest
+        non-yanked version. Four queries per page, whatever the number of versions."""
         with self._session() as s:
-            q = select(m.Patch).order_by(m.Patch.name)
+            q = select(m.Patch.id, m.Patch.name, m.Patch.namespace).order_by(m.Patch.name)
             if namespace:
                 q = q.where(m.Patch.namespace == namespace)
-            out = []
-            for patch in s.scalars(q).all():
-                rows = s.execute(
-                    select(m.Version.version, m.Version.yanked, m.Version.task)
-                    .where(m.Version.patch_id == patch.id)
-                    .order_by(m.Version.sort_key)
+            if after is not None:
+                q = q.where(m.Patch.name > after)
+            if only is not None:
+                q = q.where(m.Patch.name.in_(sorted(only)))
+            if limit is not None:
+                q = q.limit(limit)
+            patches = s.execute(q).all()
+            if not patches:
+                return []
+            ids = [p.id for p in patches]
+            totals = dict(
+                s.execute(
+                    select(m.Version.patch_id, func.count())
+                    .where(m.Version.patch_id.in_(ids))
+                    .group_by(m.Version.patch_id)
                 ).all()
-                live = [r for r in rows if not r.yanked]
-                latest = None
-                if live:
-                    choice = pick_version(patch.name, [Candidate(r.version, r.yanked) for r in rows])
-                    latest = next(r for r in live if r.version == choice.version)
-                aliases = s.execute(
-                    select(m.Alias.alias, m.Version.version)
-                    .join(m.Version, m.Alias.version_id == m.Version.id)
-                    .where(m.Alias.patch_id == patch.id)
-                    .order_by(m.Alias.alias)
+            )
+            yanked_counts = dict(
+                s.execute(
+                    select(m.Version.patch_id, func.count())
+                    .where(m.Version.patch_id.in_(ids), m.Version.yanked.is_(True))
+                    .group_by(m.Version.patch_id)
                 ).all()
-                out.append(
-                    PatchSummary(
-                        name=patch.name,
-                        namespace=patch.namespace,
-                        latest=latest.version if latest else None,
-                        task=latest.task if latest else None,
-                        versions=len(rows),
-                        yanked=len(rows) - len(live),
-                        aliases={a: v for a, v in aliases},
+            )
+            counts = {pid: (n, int(yanked_counts.get(pid, 0))) for pid, n in totals.items()}
+            # the newest non-yanked version of each patch: one index seek per patch (ix_versions_listing)
+            v2 = m.Version.__table__.alias("v2")
+            newest_id = (
+                select(v2.c.id)
+                .where(v2.c.patch_id == m.Patch.id, v2.c.yanked.is_(False))
+                .order_by(v2.c.sort_key.desc())
+                .limit(1)
+                .correlate(m.Patch)
+                .scalar_subquery()
+            )
+            newest = select(newest_id.label("vid")).where(m.Patch.id.in_(ids)).subquery()
+            latest = {
+                pid: (v, t)
+                for pid, v, t in s.execute(
+                    select(m.Version.patch_id, m.Version.version, m.Version.task).where(
+                        m.Version.id.in_(select(newest.c.vid))
                     )
-                )
+                ).all()
+            }
+            for pid, (v, _) in list(latest.items()):
+                if PepVersion(v).is_prerelease:  # a final release, if any, wins over a newer pre-release
+                    rows = s.execute(
+                        select(m.Version.version, m.Version.yanked, m.Version.task).where(m.Version.patch_id == pid)
+                    ).all()
+                    choice = pick_version("", [Candidate(r.version, r.yanked) for r in rows])
+                    latest[pid] = next((r.version, r.task) for r in rows if r.version == choice.version)
+            aliases: dict[int, dict[str, str]] = {}
+            for pid, alias, version in s.execute(
+                select(m.Alias.patch_id, m.Alias.alias, m.Version.version)
+                .join(m.Version, m.Alias.version_id == m.Version.id)
+                .where(m.Alias.patch_id.in_(ids))
+                .order_by(m.Alias.alias)
+            ).all():
+                aliases.setdefault(pid, {})[alias] = version
+            out = []
+            for p in patches:
+                n, yanked = counts.get(p.id, (0, 0))
+                lv, task = latest.get(p.id, (None, None))
+                out.append(PatchSummary(p.name, p.namespace, lv, task, n, yanked, aliases.get(p.id, {})))
             return out
 
+    def search_patches(self, text: str, *, limit: int = 20) -> list[PatchSummary]:
+        """Patches whose name contains ``text`` (case-insensitive), by name, at most ``limit``."""
+        with self._session() as s:
+            like = "%" + text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            names = s.scalars(
+                select(m.Patch.name)
+                .where(func.lower(m.Patch.name).like(like, escape="\\"))
+                .order_by(m.Patch.name)
+                .limit(limit)
+            ).all()
+        if not names:
+            return []
+        wanted = set(names)
+        return self.list_patches(only=wanted)
+
+    def list_version_rows(self, name: str) -> list[tuple[str, bool, datetime]]:
+        """(version, yanked, created_at) of every version of a patch, oldest first (no manifests read)."""
+        with self._session() as s:
+            patch = self._patch(s, _name(name))
+            rows = s.execute(
+                select(m.Version.version, m.Version.yanked, m.Version.created_at)
+                .where(m.Version.patch_id == patch.id)
+                .order_by(m.Version.sort_key)
+            ).all()
+            return [(v, y, _aware(t)) for v, y, t in rows]
+
     def resolve(self, ref: PatchRef) -> ResolvedVersion:
-        """The version a reference names (see :mod:`patchctl.registry.resolver` for the rules)."""
+        """The version a reference names (see :mod:`patchctl.registry.resolver` for the rules).
+
+        Chooses over narrow rows (version, yanked); only the chosen row is read in full."""
         with self._session() as s:
             patch = self._patch(s, ref.name)
-            rows = s.scalars(select(m.Version).where(m.Version.patch_id == patch.id)).all()
-            cands = [Candidate(r.version, r.yanked) for r in rows]
+            exact = exact_version(ref)
             target = None
+            if exact is not None and not ref.alias:
+                row = s.scalar(
+                    select(m.Version).where(
+                        m.Version.patch_id == patch.id, m.Version.sort_key == version_sort_key(exact)
+                    )
+                )
+                if row is not None:
+                    return ResolvedVersion(self._info(patch, row), "version")
             if ref.alias:
                 target = s.scalar(
                     select(m.Version.version)
@@ -321,10 +415,149 @@ class Catalog:
                     raise NotFoundError(
                         f"{ref.name} has no alias {ref.alias!r} (aliases: {', '.join(sorted(aliases)) or 'none'})"
                     )
-            exact = exact_version(ref)
+            rows = s.execute(select(m.Version.version, m.Version.yanked).where(m.Version.patch_id == patch.id)).all()
+            cands = [Candidate(r.version, r.yanked) for r in rows]
             res = pick_version(ref.name, cands, version=exact, spec=None if exact else ref.spec, alias_target=target)
-            row = next(r for r in rows if r.version == res.version)
+            row = s.scalar(
+                select(m.Version).where(
+                    m.Version.patch_id == patch.id, m.Version.sort_key == version_sort_key(res.version)
+                )
+            )
+            assert row is not None
             return ResolvedVersion(self._info(patch, row), res.via)
+
+    def base_candidates(self, ref: PatchRef, base_weights_sha256: str) -> list[BaseCandidate]:
+        """The versions ``ref`` can resolve to (non-yanked matches; an exact pin or an alias: that
+        one version) with whether each passed a validation on the exact base. Narrow queries only."""
+        with self._session() as s:
+            patch = self._patch(s, ref.name)
+            cols = (m.Version.id, m.Version.version, m.Version.yanked, m.Version.source_weights_sha256)
+            exact = exact_version(ref)
+            if ref.alias:
+                rows = s.execute(
+                    select(*cols)
+                    .join(m.Alias, m.Alias.version_id == m.Version.id)
+                    .where(m.Alias.patch_id == patch.id, m.Alias.alias == ref.alias)
+                ).all()
+                if not rows:
+                    self.resolve(ref)  # raises the not-found error listing the aliases
+            elif exact is not None:
+                rows = s.execute(
+                    select(*cols).where(m.Version.patch_id == patch.id, m.Version.sort_key == version_sort_key(exact))
+                ).all()
+                if not rows:
+                    self.resolve(ref)  # raises the not-found error listing the versions
+            else:
+                every = s.execute(select(*cols).where(m.Version.patch_id == patch.id)).all()
+                live = {r.version: r for r in every if not r.yanked}
+                rows = [live[v] for v in (ref.spec or SpecifierSet()).filter(live)]
+                if not rows:
+                    self.resolve(ref)  # raises the not-found error (nothing matches / all yanked)
+            ids = [r.id for r in rows]
+            validated = set(
+                s.scalars(
+                    select(m.Validation.version_id).where(
+                        m.Validation.version_id.in_(ids),
+                        m.Validation.base_weights_sha256 == base_weights_sha256,
+                        m.Validation.verdict == "pass",
+                    )
+                ).all()
+            )
+            return [
+                BaseCandidate(patch.name, r.version, r.yanked, r.source_weights_sha256, r.id in validated) for r in rows
+            ]
+
+    def latest_report_statuses(
+        self, name: str, versions: list[str], base_weights_sha256: str, *, tool_version: str | None = None
+    ) -> dict[str, tuple[str, list[str]]]:
+        """The newest compat report of each version on one base (of ``tool_version`` when given):
+        version → (status, ["check: detail" of each failed check]). The resolver's check cache."""
+        if not versions:
+            return {}
+        with self._session() as s:
+            patch = self._patch(s, _name(name))
+            keys = {version_sort_key(v): v for v in versions}
+            vrows = s.execute(
+                select(m.Version.id, m.Version.version).where(
+                    m.Version.patch_id == patch.id, m.Version.sort_key.in_(list(keys))
+                )
+            ).all()
+            by_id = {r.id: r.version for r in vrows}
+            newest = (
+                select(m.CompatReport.version_id, func.max(m.CompatReport.id).label("rid"))
+                .where(
+                    m.CompatReport.version_id.in_(list(by_id)),
+                    m.CompatReport.base_weights_sha256 == base_weights_sha256,
+                )
+                .group_by(m.CompatReport.version_id)
+            )
+            if tool_version is not None:
+                newest = newest.where(m.CompatReport.tool_version == tool_version)
+            sub = newest.subquery()
+            rows = s.execute(
+                select(m.CompatReport.id, m.CompatReport.version_id, m.CompatReport.status).join(
+                    sub, m.CompatReport.id == sub.c.rid
+                )
+            ).all()
+            failed_ids = [rid for rid, _, status in rows if status == "fail"]
+            reports: dict[int, Any] = (
+                dict(
+                    s.execute(
+                        select(m.CompatReport.id, m.CompatReport.report).where(m.CompatReport.id.in_(failed_ids))
+                    ).all()
+                )
+                if failed_ids
+                else {}
+            )
+            out: dict[str, tuple[str, list[str]]] = {}
+            for rid, vid, status in rows:
+                report = reports.get(rid)
+                failed = [
+                    f"{r.get('name')}: {r.get('detail')}"
+                    for r in (report or {}).get("results", [])
+                    if isinstance(r, dict) and r.get("status") == "fail"
+                ]
+                out[by_id[vid]] = (status, failed)
+            return out
+
+    def ancestry(self, weights_sha256: str) -> dict[str, int]:
+        """Recorded ancestors of a base: weights fingerprint → generations up (1 = parent). Bases
+        with identical weights (``identical-weights`` edges, either way) count as the same
+        generation: depth 0 for the base's own twins."""
+        with self._session() as s:
+            bid = s.scalar(select(m.BaseModel.id).where(m.BaseModel.weights_sha256 == weights_sha256))
+            if bid is None:
+                return {}
+            parents: dict[int, list[int]] = {}
+            twins: dict[int, list[int]] = {}
+            for c, p, r in self._edges(s):
+                if r == IDENTICAL:
+                    twins.setdefault(c, []).append(p)
+                    twins.setdefault(p, []).append(c)
+                else:
+                    parents.setdefault(c, []).append(p)
+            depth = {bid: 0}
+            level, d = [bid], 0
+            while level:
+                todo = list(level)
+                while todo:  # twins of this generation first (same depth), then parents (one more)
+                    todo = [t for x in todo for t in twins.get(x, ()) if t not in depth]
+                    for t in dict.fromkeys(todo):
+                        depth[t] = d
+                    level += todo
+                d += 1
+                level = list(dict.fromkeys(p for x in level for p in parents.get(x, ()) if p not in depth))
+                for x in level:
+                    depth[x] = d
+            del depth[bid]
+            if not depth:
+                return {}
+            shas = dict(
+                s.execute(
+                    select(m.BaseModel.id, m.BaseModel.weights_sha256).where(m.BaseModel.id.in_(list(depth)))
+                ).all()
+            )
+            return {shas[i]: dep for i, dep in depth.items()}
 
     # -- aliases -------------------------------------------------------------------------
 
@@ -394,14 +627,18 @@ class Catalog:
         structure_sha256: str | None = None,
         family: Family | None = None,
     ) -> tuple[m.BaseModel, bool]:
+        tensors_sha256 = None
         if facts is not None:
             source, revision = facts.source, facts.revision
             weights_sha256, structure_sha256, family = facts.weights_sha256, facts.structure_sha256, facts.family
+            tensors_sha256 = facts.tensors_sha256
         assert source and weights_sha256 and structure_sha256 and family is not None
         row = s.scalar(select(m.BaseModel).where(m.BaseModel.weights_sha256 == weights_sha256))
         if row is not None:
             if row.revision is None and revision:
                 row.revision = revision  # learn a revision recorded later; never overwrite one
+            if row.tensors_sha256 is None and tensors_sha256:
+                row.tensors_sha256 = tensors_sha256
             return row, False
         try:
             with s.begin_nested():
@@ -410,10 +647,21 @@ class Catalog:
                     revision=revision,
                     weights_sha256=weights_sha256,
                     structure_sha256=structure_sha256,
+                    tensors_sha256=tensors_sha256,
                     family=family.model_dump(mode="json"),
                     created_at=_now(),
                 )
                 s.add(row)
+                s.flush()
+                if tensors_sha256:  # identical weights already recorded under other files
+                    twin = s.scalar(
+                        select(m.BaseModel.id)
+                        .where(m.BaseModel.tensors_sha256 == tensors_sha256, m.BaseModel.id != row.id)
+                        .order_by(m.BaseModel.id)
+                        .limit(1)
+                    )
+                    if twin is not None:
+                        s.add(m.BaseLineage(child_id=row.id, parent_id=twin, relation=IDENTICAL, created_at=_now()))
         except SAIntegrityError:
             row = s.scalar(select(m.BaseModel).where(m.BaseModel.weights_sha256 == weights_sha256))
             assert row is not None
@@ -460,10 +708,15 @@ class Catalog:
                 q = q.where(m.BaseModel.revision == revision)
             return [self._base_info(r) for r in s.scalars(q.order_by(m.BaseModel.created_at)).all()]
 
-    def list_bases(self) -> list[BaseInfo]:
+    def list_bases(self, *, limit: int | None = None, after: str | None = None) -> list[BaseInfo]:
+        """Bases in the order they were recorded; ``limit`` of them after the base ``after`` (a page)."""
         with self._session() as s:
-            rows = s.scalars(select(m.BaseModel).order_by(m.BaseModel.created_at, m.BaseModel.id)).all()
-            return [self._base_info(r) for r in rows]
+            q = select(m.BaseModel).order_by(m.BaseModel.id)
+            if after is not None:
+                q = q.where(m.BaseModel.id > self._base_row(s, after).id)
+            if limit is not None:
+                q = q.limit(limit)
+            return [self._base_info(r) for r in s.scalars(q).all()]
 
     def add_lineage(self, child: str, parent: str, relation: str = "update") -> LineageEdge:
         """Record ``child`` (weights fingerprint) as derived from ``parent``. Idempotent; cycles refused."""
@@ -474,7 +727,7 @@ class Catalog:
             c, p = self._base_row(s, child), self._base_row(s, parent)
             if c.id == p.id:
                 raise InvalidInputError("a base cannot be its own parent")
-            if c.id in {a.id for a, _, _ in self._walk(s, p.id)}:
+            if c.id in {i for i, _, _ in self._walk_ids(s, p.id)}:
                 raise InvalidInputError(
                     f"{c.weights_sha256[:12]} is already an ancestor of {p.weights_sha256[:12]}: lineage cycle"
                 )
@@ -490,27 +743,51 @@ class Catalog:
         return self._retrying(tx)
 
     @staticmethod
-    def _walk(s: Session, base_id: int) -> list[tuple[m.BaseModel, str, int]]:
-        """Breadth-first ancestors of a base: (row, relation, depth)."""
+    def _edges(s: Session) -> list[tuple[int, int, str]]:
+        """Every lineage edge (child id, parent id, relation): one narrow query; the graph of bases
+        is small next to versions and reports, and walking it in memory beats a query per level."""
+        rows = s.execute(
+            select(m.BaseLineage.child_id, m.BaseLineage.parent_id, m.BaseLineage.relation).order_by(m.BaseLineage.id)
+        ).all()
+        return [(c, p, r) for c, p, r in rows]
+
+    @staticmethod
+    def _parents(edges: list[tuple[int, int, str]]) -> dict[int, list[tuple[int, str]]]:
+        parents: dict[int, list[tuple[int, str]]] = {}
+        for c, p, r in edges:
+            parents.setdefault(c, []).append((p, r))
+        return parents
+
+    @classmethod
+    def _walk_ids(
+        cls, s: Session, base_id: int, parents: dict[int, list[tuple[int, str]]] | None = None
+    ) -> list[tuple[int, str, int]]:
+        """Breadth-first ancestors of a base: (id, relation, depth), by id within a generation."""
+        if parents is None:
+            parents = cls._parents(cls._edges(s))
         seen = {base_id}
         frontier = [base_id]
-        out: list[tuple[m.BaseModel, str, int]] = []
+        out: list[tuple[int, str, int]] = []
         depth = 0
         while frontier:
             depth += 1
-            rows = s.execute(
-                select(m.BaseModel, m.BaseLineage.relation)
-                .join(m.BaseLineage, m.BaseLineage.parent_id == m.BaseModel.id)
-                .where(m.BaseLineage.child_id.in_(frontier))
-                .order_by(m.BaseModel.id)
-            ).all()
+            level = sorted((p, r) for c in frontier for p, r in parents.get(c, ()))
             frontier = []
-            for row, relation in rows:
-                if row.id not in seen:
-                    seen.add(row.id)
-                    frontier.append(row.id)
-                    out.append((row, relation, depth))
+            for pid, relation in level:
+                if pid not in seen:
+                    seen.add(pid)
+                    frontier.append(pid)
+                    out.append((pid, relation, depth))
         return out
+
+    @classmethod
+    def _walk(cls, s: Session, base_id: int) -> list[tuple[m.BaseModel, str, int]]:
+        """Breadth-first ancestors of a base: (row, relation, depth)."""
+        found = cls._walk_ids(s, base_id)
+        if not found:
+            return []
+        rows = {r.id: r for r in s.scalars(select(m.BaseModel).where(m.BaseModel.id.in_([i for i, _, _ in found])))}
+        return [(rows[i], rel, d) for i, rel, d in found]
 
     def ancestors(self, weights_sha256: str) -> list[Ancestor]:
         """Every recorded ancestor of a base, nearest first. Empty if the base is unknown."""
@@ -520,18 +797,119 @@ class Catalog:
                 return []
             return [Ancestor(self._base_info(r), rel, d) for r, rel, d in self._walk(s, row.id)]
 
-    def list_lineage(self) -> list[LineageEdge]:
+    def lineage_graph(
+        self, *, base: str | None = None, name: str | None = None, per_base_limit: int = 20
+    ) -> LineageGraph:
+        """The lineage around a base (fingerprint) or around every source base of a patch.
+
+        Bases: the seeds' ancestors and descendants (with every edge among them); versions: the
+        patch's (``name``), else up to ``per_base_limit`` per base, newest first; results: the
+        newest check report and validation of each listed version on each listed base."""
+        with self._session() as s:
+            if name is not None:
+                patch = self._patch(s, _name(name))
+                vrows = s.execute(
+                    select(m.Version.id, m.Version.version, m.Version.yanked, m.Version.source_weights_sha256)
+                    .where(m.Version.patch_id == patch.id)
+                    .order_by(m.Version.sort_key.desc())
+                ).all()
+                seeds = set(
+                    s.scalars(
+                        select(m.BaseModel.id).where(
+                            m.BaseModel.weights_sha256.in_({r.source_weights_sha256 for r in vrows})
+                        )
+                    ).all()
+                )
+                versions = [(r.id, f"{patch.name}=={r.version}", r.source_weights_sha256, r.yanked) for r in vrows]
+            else:
+                assert base is not None
+                seeds = {self._base_row(s, base).id}
+                versions = []
+            edges = self._edges(s)
+            parent_map = self._parents(edges)
+            component = set(seeds)
+            for seed in seeds:
+                component |= {i for i, _, _ in self._walk_ids(s, seed, parent_map)}
+            children: dict[int, list[int]] = {}
+            for c, p, _ in edges:
+                children.setdefault(p, []).append(c)
+            frontier = list(component)
+            while frontier:  # descendants
+                frontier = [k for f in frontier for k in children.get(f, ()) if k not in component]
+                component.update(frontier)
+            brows = s.scalars(select(m.BaseModel).where(m.BaseModel.id.in_(component)).order_by(m.BaseModel.id)).all()
+            shas = [b.weights_sha256 for b in brows]
+            child = m.BaseModel.__table__.alias("child")
+            parent = m.BaseModel.__table__.alias("parent")
+            erows = s.execute(
+                select(
+                    child.c.weights_sha256, parent.c.weights_sha256, m.BaseLineage.relation, m.BaseLineage.created_at
+                )
+                .join(child, child.c.id == m.BaseLineage.child_id)
+                .join(parent, parent.c.id == m.BaseLineage.parent_id)
+                .where(m.BaseLineage.child_id.in_(component))
+                .order_by(m.BaseLineage.id)
+            ).all()
+            more: dict[str, int] = {}
+            if name is None:
+                for sha in shas:
+                    rows = s.execute(
+                        select(m.Version.id, m.Version.version, m.Version.yanked, m.Patch.name)
+                        .join(m.Patch, m.Patch.id == m.Version.patch_id)
+                        .where(m.Version.source_weights_sha256 == sha)
+                        .order_by(m.Version.id.desc())
+                        .limit(per_base_limit + 1)
+                    ).all()
+                    if len(rows) > per_base_limit:
+                        more[sha] = (
+                            s.scalar(
+                                select(func.count())
+                                .select_from(m.Version)
+                                .where(m.Version.source_weights_sha256 == sha)
+                            )
+                            or 0
+                        ) - per_base_limit
+                    versions += [(r.id, f"{r.name}=={r.version}", sha, r.yanked) for r in rows[:per_base_limit]]
+            vids = {v[0]: v[1] for v in versions}
+            results: list[LineageResult] = []
+            if vids and shas:
+                for table, kind, col in (
+                    (m.CompatReport, "check", m.CompatReport.status),
+                    (m.Validation, "validation", m.Validation.verdict),
+                ):
+                    newest = (
+                        select(func.max(table.id))
+                        .where(table.version_id.in_(list(vids)), table.base_weights_sha256.in_(shas))
+                        .group_by(table.version_id, table.base_weights_sha256)
+                    )
+                    for vid, bsha, status in s.execute(
+                        select(table.version_id, table.base_weights_sha256, col).where(table.id.in_(newest))
+                    ).all():
+                        results.append(LineageResult(vids[vid], bsha, kind, status))  # type: ignore[arg-type]
+            return LineageGraph(
+                bases=tuple(self._base_info(b) for b in brows),
+                edges=tuple(LineageEdge(c, p, r, _aware(t)) for c, p, r, t in erows),
+                versions=tuple(LineageVersion(ref, src, y) for _, ref, src, y in versions),
+                results=tuple(sorted(results, key=lambda r: (r.base_weights_sha256, r.ref, r.kind))),
+                more_versions=more,
+            )
+
+    def list_lineage(self, children: list[str] | None = None) -> list[LineageEdge]:
+        """Lineage edges (of the bases ``children`` only, when given)."""
         with self._session() as s:
             child = m.BaseModel.__table__.alias("child")
             parent = m.BaseModel.__table__.alias("parent")
-            rows = s.execute(
+            q = (
                 select(
                     child.c.weights_sha256, parent.c.weights_sha256, m.BaseLineage.relation, m.BaseLineage.created_at
                 )
                 .join(child, child.c.id == m.BaseLineage.child_id)
                 .join(parent, parent.c.id == m.BaseLineage.parent_id)
                 .order_by(m.BaseLineage.id)
-            ).all()
+            )
+            if children is not None:
+                q = q.where(child.c.weights_sha256.in_(children))
+            rows = s.execute(q).all()
             return [LineageEdge(c, p, r, _aware(t)) for c, p, r, t in rows]
 
     # -- remotes, reports, validations, installs --------------------------------------------
@@ -606,9 +984,17 @@ class Catalog:
         )
 
     def list_compat_reports(
-        self, name: str, version: str | None = None, *, base_weights_sha256: str | None = None
+        self,
+        name: str,
+        version: str | None = None,
+        *,
+        base_weights_sha256: str | None = None,
+        latest_per_base: bool = False,
+        limit: int | None = None,
+        before: int | None = None,
     ) -> list[CompatReportRecord]:
-        """Compat reports of a patch (one version, one base), newest first."""
+        """Compat reports of a patch (one version, one base), newest first; ``latest_per_base``:
+        only the newest of each (version, base); ``limit`` rows with ids below ``before`` (a page)."""
         with self._session() as s:
             patch = self._patch(s, _name(name))
             q = select(m.CompatReport, m.Version).join(m.Version).where(m.Version.patch_id == patch.id)
@@ -616,7 +1002,22 @@ class Catalog:
                 q = q.where(m.Version.sort_key == version_sort_key(_version(version)))
             if base_weights_sha256 is not None:
                 q = q.where(m.CompatReport.base_weights_sha256 == base_weights_sha256)
-            rows = s.execute(q.order_by(m.CompatReport.id.desc())).all()
+            if latest_per_base:
+                newest = (
+                    select(func.max(m.CompatReport.id))
+                    .join(m.Version)
+                    .where(m.Version.patch_id == patch.id)
+                    .group_by(m.CompatReport.version_id, m.CompatReport.base_weights_sha256)
+                )
+                if version is not None:
+                    newest = newest.where(m.Version.sort_key == version_sort_key(_version(version)))
+                q = q.where(m.CompatReport.id.in_(newest))
+            if before is not None:
+                q = q.where(m.CompatReport.id < before)
+            q = q.order_by(m.CompatReport.id.desc())
+            if limit is not None:
+                q = q.limit(limit)
+            rows = s.execute(q).all()
             return [self._report(patch, v, r) for r, v in rows]
 
     def record_validation(
@@ -682,6 +1083,7 @@ class Catalog:
         format: str,
         forced: bool = False,
         report_id: int | None = None,
+        decision: dict[str, Any] | None = None,
     ) -> InstallRecord:
         if format not in ("merged", "adapter"):
             raise InvalidInputError(f"install format {format!r}: expected 'merged' or 'adapter'")
@@ -694,6 +1096,7 @@ class Catalog:
                 format=format,
                 forced=forced,
                 report_id=report_id,
+                decision=decision,
                 created_at=_now(),
             )
             s.add(rec)
@@ -712,16 +1115,24 @@ class Catalog:
             r.forced,
             r.report_id,
             _aware(r.created_at),
+            r.decision,
         )
 
-    def list_installs(self, name: str, version: str | None = None) -> list[InstallRecord]:
-        """Installs of a patch (or one version), newest first."""
+    def list_installs(
+        self, name: str, version: str | None = None, *, limit: int | None = None, before: int | None = None
+    ) -> list[InstallRecord]:
+        """Installs of a patch (or one version), newest first; ``limit`` rows with ids below ``before``."""
         with self._session() as s:
             patch = self._patch(s, _name(name))
             q = select(m.Install, m.Version).join(m.Version).where(m.Version.patch_id == patch.id)
             if version is not None:
                 q = q.where(m.Version.sort_key == version_sort_key(_version(version)))
-            rows = s.execute(q.order_by(m.Install.id.desc())).all()
+            if before is not None:
+                q = q.where(m.Install.id < before)
+            q = q.order_by(m.Install.id.desc())
+            if limit is not None:
+                q = q.limit(limit)
+            rows = s.execute(q).all()
             return [self._install(patch, v, r) for r, v in rows]
 
 

@@ -104,3 +104,6 @@ class BaseFacts(StrictModel):
     tokenizer: TokenizerFacts | None = None
     #: ``quantization_config.quant_method`` of config.json, if any (quantized bases are refused)
     quantization: str | None = None
+    #: tensor-content fingerprint (per-tensor sha256 by name; local bases): equal for identical
+    #: weights re-sharded or re-uploaded with other file metadata; None when unknown (Hub bases)
+    tensors_sha256: Sha256 | None = None

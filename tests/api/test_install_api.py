@@ -95,7 +95,8 @@ def test_lineage_warns_until_the_update_is_recorded(
     api.base_add(settings, pico_llama_updated, parents=(str(pico_llama),))
     second = api.check(settings, NAME, onto=str(pico_llama_updated), progress=False).report
     assert second.status == "pass" and second.exit_code() == 0
-    assert len(api.show(settings, NAME).compat_reports) == 2
+    assert len(api.show(settings, NAME, all_reports=True).compat_reports) == 2
+    assert [r.status for r in api.show(settings, NAME).compat_reports] == ["pass"]  # the newest per base
 
 
 def test_install_onto_updated_base_equals_theta_prime_plus_delta_and_peft(

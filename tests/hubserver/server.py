@@ -544,6 +544,7 @@ class _Handler(BaseHTTPRequestHandler):
                 ("revision", "GET"): ("model-info", self.h_model_info),
                 ("tree", "GET"): ("tree", self.h_tree),
                 ("paths-info", "POST"): ("paths-info", self.h_paths_info),
+                ("commits", "GET"): ("commits", self.h_commits),
             }
             name, h = table.get((action, m), (action, None))
             if h is None:
@@ -707,6 +708,17 @@ class _Handler(BaseHTTPRequestHandler):
                 "pullRequests": [],
             }
         self._json(200, data, route="refs")
+
+    def h_commits(self, repo_id: str, rev: str, _tail: str, *, query: dict[str, list[str]], drop: bool) -> None:
+        """``list_repo_commits``: the history of ``rev``, newest first (one page)."""
+        with self.hub.lock:
+            repo = self._repo(repo_id)
+            commit: Commit | None = self._commit(repo, rev)
+            out = []
+            while commit is not None:
+                out.append({"id": commit.oid, "title": commit.title, "message": "", "authors": [], "date": commit.date})
+                commit = repo.commits.get(commit.parent) if commit.parent else None
+        self._json(200, out, route="commits")
 
     def h_tag(self, repo_id: str, rev: str, _tail: str, *, query: dict[str, list[str]], drop: bool) -> None:
         payload = self._json_body()

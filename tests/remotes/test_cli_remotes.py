@@ -429,7 +429,10 @@ def test_check_onto_a_hub_base_reads_headers_only(
     local = cli(home, "check", NAME, "--onto", base, "--json")
     assert local.code == remote.code
     assert _results(remote) == _results(local)
-    assert len(show(home)["compat_reports"]) == 2
+    # the same weights (one fingerprint): both reports are kept, show lists the newest per base
+    assert len(show(home)["compat_reports"]) == 1
+    every = cli(home, "show", NAME, "--all-reports", "--json")
+    assert len(json.loads(every.stdout)["compat_reports"]) == 2
 
 
 @pytest.mark.parametrize("base_fixture", ["pico_llama", "pico_llama_sharded"])
