@@ -17,8 +17,9 @@ from patchctl.settings import Settings
 
 @pytest.fixture(scope="module")
 def llama_vocab128(models_dir: Path) -> Path:
-    """Same shapes as the pico Llama, another vocabulary: a q/v LoRA of the pico Llama fails `vocab` on it."""
-    return picomodels.make_base(models_dir / "pico-llama-vocab128-resolve", "llama", vocab=128)
+    """The pico Llama with another vocabulary and a third layer: a q/v LoRA of the pico Llama fails `family` on it
+    (another vocabulary alone only warns for a patch that leaves the embeddings alone)."""
+    return picomodels.make_base(models_dir / "pico-llama-vocab128-resolve", "llama", vocab=128, layers=3)
 
 
 @pytest.fixture
@@ -48,14 +49,14 @@ def test_resolve_runs_checks_once_then_reads_them(
     with api.catalog(settings) as cat:
         assert len(cat.list_compat_reports("acme/p")) == n  # read from the catalog, not run again
 
-    # the other base: v2 was made on it; v1 fails the vocab check there (really run)
+    # the other base: v2 was made on it; v1 fails the family check there (really run)
     res = resolve_onto(settings, "acme/p", onto=str(llama_vocab128), allow_unrelated=True, explain=True)
     by = {c.ref: c for c in res.candidates}
     assert res.chosen == "acme/p==2.0.0"
-    assert by["acme/p==1.0.0"].check == "fail" and "vocab" in (by["acme/p==1.0.0"].rejected or "")
+    assert by["acme/p==1.0.0"].check == "fail" and "family" in (by["acme/p==1.0.0"].rejected or "")
     with pytest.raises(NoCompatibleVersionError) as info:
         resolve_onto(settings, "acme/p<2", onto=str(llama_vocab128), allow_unrelated=True)
-    assert "acme/p==1.0.0" in info.value.message and "vocab" in info.value.message
+    assert "acme/p==1.0.0" in info.value.message and "family" in info.value.message
 
 
 def test_install_records_the_decision(
