@@ -41,6 +41,24 @@ def _publisher(settings: Settings, to: str | None) -> api.Publisher | None:
     "Default: the configured default_remote (PATCHCTL_REMOTE).",
 )
 @click.option("--local-only", is_flag=True, help="Do not publish, even if a default remote is configured.")
+@click.option(
+    "--eval",
+    "eval_dir",
+    type=_DIR,
+    help="An lm-eval task folder (task YAMLs + local data files) stored with the patch under eval/.",
+)
+@click.option("--eval-task", "eval_tasks", multiple=True, help="Task(s) of the eval folder to gate on (default: all).")
+@click.option("--eval-metric", help="Metric gated on (default: each task's first metric).")
+@click.option("--min-score", type=float, help="Patched score on a new base must reach this.")
+@click.option(
+    "--max-drop", type=float, default=0.02, show_default=True, help="Points the patched score may lose vs the baseline."
+)
+@click.option("--min-retained", type=float, help="Share of the patch's gain on θ that must survive on a new base.")
+@click.option(
+    "--no-baseline", is_flag=True, help="With --eval: do not score the source base now (validate can record it later)."
+)
+@click.option("--eval-limit", type=int, help="Examples per task when scoring the baseline (default: all).")
+@click.option("--trust-eval-code", is_flag=True, help="Allow `!function` and Python files in the eval folder.")
 @json_option
 @click.pass_obj
 def push_cmd(
@@ -55,9 +73,21 @@ def push_cmd(
     license_: str | None,
     to: str | None,
     local_only: bool,
+    eval_dir: Path | None,
+    eval_tasks: tuple[str, ...],
+    eval_metric: str | None,
+    min_score: float | None,
+    max_drop: float | None,
+    min_retained: float | None,
+    no_baseline: bool,
+    eval_limit: int | None,
+    trust_eval_code: bool,
     as_json: bool,
 ) -> None:
     """Record a PEFT LoRA adapter as NAME==VERSION: manifest, files in the store, catalog rows.
+
+    With --eval, the eval set travels with the patch, and the source base is scored unpatched and
+    patched (the baseline validations compare with) unless --no-baseline.
 
     Re-pushing the same content is a no-op; other content under an existing version is refused
     (versions are immutable, exit code 5).
@@ -74,6 +104,19 @@ def push_cmd(
         license=license_,
         publish=None if local_only else _publisher(settings, to),
         show_progress=not as_json,
+        eval_options=None
+        if eval_dir is None
+        else api.EvalOptions(
+            eval_dir,
+            tasks=eval_tasks,
+            metric=eval_metric,
+            min_score=min_score,
+            max_drop=max_drop,
+            min_retained=min_retained,
+            trust_eval_code=trust_eval_code,
+            baseline=not no_baseline,
+            limit=eval_limit,
+        ),
     )
     v = result.version
     if result.created:
