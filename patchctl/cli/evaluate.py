@@ -55,7 +55,7 @@ def _render_validation(outcome: Any) -> None:
 def _show_report(report: Any) -> None:
     from patchctl.cli.install import render_report
 
-    if report.failed or report.warned:
+    if report.failed or report.warnings:
         render_report(report, to_stderr=True)
 
 
