@@ -433,9 +433,32 @@ def materialize_version(settings: Settings, version: VersionInfo, dest: Path, *,
 # -- list / show / resolve ------------------------------------------------------------------
 
 
-def list_patches(settings: Settings, namespace: str | None = None) -> list[PatchSummary]:
+def list_patches(
+    settings: Settings, namespace: str | None = None, *, validated_on: str | None = None
+) -> list[PatchSummary]:
+    """Patches of the catalog; ``validated_on`` (a base directory, ``hf://repo@rev`` or weights
+    fingerprint) keeps those with a version that passed validation on exactly that base."""
     with catalog(settings) as cat:
-        return cat.list_patches(namespace)
+        patches = cat.list_patches(namespace)
+        if validated_on is None:
+            return patches
+        sha = _base_fingerprint(cat, validated_on, settings=settings)
+        names = cat.validated_names(sha)
+        return [p for p in patches if p.name in names]
+
+
+def _base_fingerprint(cat: Catalog, text: str, *, settings: Settings) -> str:
+    """The weights fingerprint of a base named by fingerprint (prefix), ``hf://repo@rev`` known to
+    the catalog, or a local directory (hashed, not recorded)."""
+    if re.fullmatch(r"[0-9a-fA-F]{8,64}", text) and not Path(text).exists():
+        return cat.get_base(text).weights_sha256
+    ref = parse_base_ref(text)
+    if isinstance(ref, HubRef):
+        found = cat.find_bases(f"hf://{ref.repo_id}", ref.revision)
+        if len(found) != 1:
+            raise NotFoundError(f"{text}: {len(found)} recorded bases match; give a commit or a fingerprint")
+        return found[0].weights_sha256
+    return read_base(ref.path, settings=settings).weights_sha256
 
 
 def _patch_ref(text: str) -> PatchRef:

@@ -133,11 +133,16 @@ def push_cmd(
 
 @click.command("list")
 @click.option("--namespace", help="Only patches of this namespace.")
+@click.option(
+    "--validated-on",
+    "validated_on",
+    help="Only patches with a version that passed validation on this exact base (directory, hf://repo@rev, fingerprint).",
+)
 @json_option
 @click.pass_obj
-def list_cmd(settings: Settings, namespace: str | None, as_json: bool) -> None:
+def list_cmd(settings: Settings, namespace: str | None, validated_on: str | None, as_json: bool) -> None:
     """List the patches in the catalog (newest non-yanked version of each)."""
-    patches = api.list_patches(settings, namespace)
+    patches = api.list_patches(settings, namespace, validated_on=validated_on)
     if as_json:
         print_json(patches)
         return
@@ -199,7 +204,9 @@ def show_cmd(settings: Settings, ref: str, as_json: bool) -> None:
         ("base weights", sb.weights_sha256),
         ("base family", f"{fam.model_type} hidden={fam.hidden_size} layers={fam.num_hidden_layers} vocab={fam.vocab_size}"),
         ("versions", ", ".join(x.version + (" (yanked)" if x.yanked else "") for x in d.versions)),
-        ("aliases", ", ".join(f"{a.alias}→{a.version}" for a in d.aliases) or "-"),
+        ("aliases", ", ".join(f"{a.alias}→{a.version}" + (f" (validated on {_short(a.validated_on)})"
+                                                             if a.validated_on else "") for a in d.aliases) or "-"),
+        ("eval", ", ".join(f"{t.task} ({t.metric})" for t in mf.eval.tasks) if mf.eval else "-"),
     ]  # fmt: skip
     print_table(["FIELD", "VALUE"], rows, title=v.ref)
     print_table(["FILE", "SHA256", "SIZE"], ([f.path, f.sha256, f.size] for f in v.files), title="files")
@@ -219,8 +226,21 @@ def show_cmd(settings: Settings, ref: str, as_json: bool) -> None:
         )
     if d.validations:
         print_table(
-            ["VALIDATION", "BASE", "VERDICT", "WHEN"],
-            ([r.id, _short(r.base_weights_sha256), r.verdict, r.created_at] for r in d.validations),
+            ["VALIDATION", "BASE", "REF", "VERDICT", "SCORES", "WHEN"],
+            (
+                [
+                    r.id,
+                    _short(r.base_weights_sha256),
+                    r.base_ref or "",
+                    r.verdict + (" (forced)" if r.forced else ""),
+                    "; ".join(
+                        f"{t.get('task')}: {t.get('patched')} vs {t.get('unpatched')}"
+                        for t in r.scores.get("tasks", [])
+                    ),
+                    r.created_at,
+                ]
+                for r in d.validations
+            ),
             title="validations",
         )
     if d.installs:

@@ -36,6 +36,7 @@ __all__ = [
     "record_baseline",
     "score_baseline",
     "validate",
+    "validated_check",
 ]
 
 log = logging.getLogger(__name__)
@@ -582,3 +583,27 @@ def record_baseline(cat: Any, manifest: Manifest, *, base_ref: str) -> int | Non
         check_status="pass",
     )
     return int(rec.id)
+
+
+def validated_check(cat: Any, version: Any, base_weights_sha256: str) -> Any:
+    """The ``validated`` line of a compat report: the newest validation of this version on this
+    exact base (pass when it passed or had no baseline, warn when it regressed); None if never."""
+    from patchctl.schemas.report import CheckResult
+
+    rows = cat.list_validations(version.name, version.version, base_weights_sha256=base_weights_sha256)
+    if not rows:
+        return None
+    row = rows[0]
+    status = "warn" if row.verdict in ("regressed", "fail") else "pass"
+    scores = ", ".join(
+        f"{t.get('task')} {t.get('metric')} {t.get('patched'):.4f} (unpatched {t.get('unpatched'):.4f})"
+        for t in row.scores.get("tasks", [])
+        if isinstance(t.get("patched"), (int, float)) and isinstance(t.get("unpatched"), (int, float))
+    )
+    when = row.created_at.isoformat(timespec="seconds")
+    return CheckResult(
+        name="validated",
+        status=status,
+        detail=f"{row.verdict} on this exact base ({when}, validation {row.id}): {scores or 'no scores'}",
+        data={"validation_id": row.id, "verdict": row.verdict, "validations": len(rows)},
+    )
