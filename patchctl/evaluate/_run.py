@@ -271,7 +271,10 @@ def validate(
     if limit is not None and limit < 1:
         raise InvalidInputError("--limit must be at least 1")
     target = _target_base(settings, onto, progress=progress)
-    source = _patch_source(settings, patch, progress=progress)
+    try:
+        source = _patch_source(settings, patch, progress=progress)
+    except NotFoundError as exc:
+        source = _fetched_source(settings, patch, progress=progress, error=exc)
     _eval_folder(source.adapter_dir, source.manifest, source.ref, trust=trust_eval_code)
     check = _run(settings, source, target)
     if on_report is not None:
@@ -300,6 +303,22 @@ def validate(
         limit=limit,
         trust_eval_code=trust_eval_code,
         progress=progress,
+    )
+
+
+def _fetched_source(settings: Settings, patch: str, *, progress: bool, error: NotFoundError) -> Any:
+    """A catalog version whose files must first be pulled from its recorded remote copy."""
+    from patchctl import api
+    from patchctl.installer import PatchSource
+    from patchctl.schemas.refs import PatchRef, parse_patch_ref
+
+    ref = parse_patch_ref(patch)
+    if not isinstance(ref, PatchRef):
+        raise error
+    with api.catalog(settings) as cat:
+        version = cat.resolve(ref).version
+    return PatchSource(
+        version.ref, _materialize_or_fetch(settings, version, progress=progress), version.manifest, version
     )
 
 
@@ -392,6 +411,33 @@ class CiOutcome:
         }
 
 
+def _materialize_or_fetch(settings: Settings, version: Any, *, progress: bool) -> Path:
+    """The version laid out as an adapter directory; when its files are not in this machine's
+    store (a CI runner sharing a PostgreSQL catalog), they are pulled from a recorded remote copy
+    first, sha256-verified."""
+    from patchctl import api
+    from patchctl.installer import _materialized
+
+    try:
+        return _materialized(settings, version)
+    except NotFoundError:
+        with api.catalog(settings) as cat:
+            copies = cat.list_remotes(version.name, version.version)
+        if not copies:
+            raise
+        last: PatchctlError | None = None
+        for copy in copies:
+            tail = copy.url.rsplit("/", 1)[-1]
+            url = copy.url if "@" in tail else f"{copy.url}@{version.version}"
+            try:
+                api.pull(settings, url, progress=progress)
+                return _materialized(settings, version)
+            except PatchctlError as exc:
+                last = exc
+        assert last is not None
+        raise last from None
+
+
 def _candidates(settings: Settings, patches: str | None, family: str | None) -> list[Any]:
     """Newest non-yanked version of every catalog patch matching the glob/family that carries an eval set."""
     from patchctl import api
@@ -436,7 +482,7 @@ def ci(
     checked, applied, scored, removed. ``promote`` moves that alias to passing versions only."""
     from patchctl import api
     from patchctl.evaluate._score import LOADS
-    from patchctl.installer import PatchSource, _materialized, _run, _target_base
+    from patchctl.installer import PatchSource, _run, _target_base
 
     if promote is not None:
         from patchctl.registry.store import check_alias_name
@@ -456,7 +502,9 @@ def ci(
     for version in versions:
         ref = version.ref
         try:
-            source = PatchSource(ref, _materialized(settings, version), version.manifest, version)
+            source = PatchSource(
+                ref, _materialize_or_fetch(settings, version, progress=progress), version.manifest, version
+            )
             check = _run(settings, source, target)
             if check.report.failed and not force:
                 failed = ", ".join(f"{r.name}: {r.detail}" for r in check.report.failed)

@@ -150,3 +150,19 @@ def test_schema_documents_the_eval_section() -> None:
     spec = schema["$defs"]["EvalTaskSpec"]["properties"]
     assert {"task", "metric", "min_score", "max_drop", "min_retained", "baseline"} <= set(spec)
     assert "lm-eval" in json.dumps(schema["$defs"]["EvalSpec"])
+
+
+def test_a_fresh_runner_fetches_the_files_from_the_recorded_remote(
+    tmp_path: Path, env: tuple[Path, str], eval_base: Path, eval_folder: Path, good_adapter: Path
+) -> None:
+    """CI jobs share the catalog, not the content store: ci and validate pull what they lack."""
+    home, db = env
+    remote = tmp_path / "remote"
+    args = _push_args(good_adapter, eval_base, eval_folder, "--no-baseline", "--to", f"file://{remote}")
+    assert _cli(home, db, *args).code == 0
+    runner = tmp_path / "runner-home"  # same catalog, empty store
+    r = _cli(runner, db, "ci", "--onto", eval_base, "--limit", "4", "--json")
+    assert r.code == 0, r.stderr
+    assert [x["status"] for x in json.loads(r.stdout)["results"]] == ["no-baseline"]
+    runner2 = tmp_path / "runner2-home"
+    assert _cli(runner2, db, "validate", "acme/pref", "--onto", eval_base, "--limit", "4").code == 0
