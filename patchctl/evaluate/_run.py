@@ -191,6 +191,15 @@ def _validate_one(
     from patchctl.evaluate._score import lm_eval_version
 
     folder, spec = _eval_folder(source.adapter_dir, source.manifest, source.ref, trust=trust_eval_code)
+    for t in spec.tasks:
+        if t.baseline is not None and t.baseline.limit != limit:
+            log.warning(
+                "%s: the baseline of %s was scored with --limit %s, this run with %s: the scores cover other examples",
+                source.ref,
+                t.task,
+                t.baseline.limit,
+                limit,
+            )
     started = time.monotonic()
     session = session_for(target.local_dir)
     unpatched = session.unpatched(folder, spec, limit, progress)

@@ -21,6 +21,8 @@ from patchctl.schemas.manifest import EvalTaskSpec
 __all__ = ["TaskVerdict", "Verdict", "judge_task", "overall_verdict"]
 
 Verdict = Literal["pass", "regressed", "no-baseline"]
+#: scores are ratios of small counts: 0.7 - 0.6 is not exactly 0.1; a threshold met up to this is met
+_EPS = 1e-9
 
 
 @dataclass(frozen=True)
@@ -51,13 +53,13 @@ def judge_task(
 ) -> TaskVerdict:
     sign = 1.0 if spec.higher_is_better else -1.0
     reasons: list[str] = []
-    if spec.min_score is not None and sign * patched < sign * spec.min_score:
+    if spec.min_score is not None and sign * patched < sign * spec.min_score - _EPS:
         reasons.append(f"patched {patched:.4f} below min_score {spec.min_score:g}")
     retained: float | None = None
     have_baseline = baseline_patched is not None and baseline_unpatched is not None
     if have_baseline:
         assert baseline_patched is not None and baseline_unpatched is not None
-        if spec.max_drop is not None and sign * (baseline_patched - patched) > spec.max_drop + 1e-12:
+        if spec.max_drop is not None and sign * (baseline_patched - patched) > spec.max_drop + _EPS:
             reasons.append(
                 f"patched {patched:.4f} dropped {abs(baseline_patched - patched):.4f} from the baseline "
                 f"{baseline_patched:.4f} (max_drop {spec.max_drop:g})"
@@ -68,7 +70,7 @@ def judge_task(
         if spec.min_retained is not None:
             if retained is None:
                 reasons.append("retained gain undefined (the patch gained nothing on its source base)")
-            elif retained < spec.min_retained:
+            elif retained < spec.min_retained - _EPS:
                 reasons.append(f"retained {retained:.3f} of the gain, below min_retained {spec.min_retained:g}")
     verdict: Verdict = "regressed" if reasons else ("pass" if have_baseline else "no-baseline")
     return TaskVerdict(
