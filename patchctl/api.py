@@ -653,7 +653,8 @@ def db_current(settings: Settings) -> SchemaState:
 
 # -- check / install / remotes (implemented in their own modules) ---------------------------
 
+from patchctl.evaluate._ci import CiOutcome, CiResult, ci, ci_plan  # noqa: E402
 from patchctl.evaluate._outdated import OutdatedPatch, outdated  # noqa: E402
-from patchctl.evaluate._run import CiOutcome, CiResult, ValidationOutcome, ci, ci_plan, validate  # noqa: E402
+from patchctl.evaluate._run import ValidationOutcome, validate  # noqa: E402
 from patchctl.installer import CheckOutcome, InstallOutcome, check, install  # noqa: E402
 from patchctl.sync import PullResult, publisher_for, pull, remote_url_for, search  # noqa: E402

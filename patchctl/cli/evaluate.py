@@ -158,7 +158,7 @@ def ci_cmd(
         trust_eval_code=trust_eval_code,
         progress=not as_json,
     )
-    from patchctl.evaluate._run import junit_xml, markdown_summary
+    from patchctl.evaluate._ci import junit_xml, markdown_summary
 
     if junit is not None:
         junit_xml(outcome, junit)

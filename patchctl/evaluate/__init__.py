@@ -5,7 +5,8 @@
 - :mod:`._apply` applies a patch to a loaded model in memory with the merge engine's
   arithmetic, and restores the base exactly;
 - :mod:`._score` loads a base once and scores with lm-eval (imported lazily);
-- :mod:`._run` is validate, ci and the push baseline.
+- :mod:`._run` is validate and the push baseline; :mod:`._ci` is ci (one base, many patches);
+- :mod:`._outdated` asks the Hub which bases moved on (no torch).
 """
 
 from __future__ import annotations

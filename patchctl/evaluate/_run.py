@@ -1,4 +1,4 @@
-"""validate, ci and the push baseline: checks, one base load, unpatched and patched scores, verdicts, catalog rows.
+"""validate and the push baseline: checks, one base load, unpatched and patched scores, verdicts, catalog rows.
 
 One :class:`_Session` holds a loaded base and its lm-eval scorer. Each patch is checked
 (refused on failure unless forced, recorded either way), applied in memory with the merge
@@ -9,11 +9,10 @@ patches cost one base load and K evaluations. Unpatched scores are cached per ev
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +25,7 @@ from patchctl.schemas.report import CompatReport
 from patchctl.settings import Settings
 
 __all__ = [
-    "CiOutcome",
-    "CiResult",
     "ValidationOutcome",
-    "ci",
-    "ci_plan",
-    "junit_xml",
-    "markdown_summary",
     "record_baseline",
     "score_baseline",
     "validate",
@@ -331,6 +324,33 @@ def _fetched_source(settings: Settings, patch: str, *, progress: bool, error: No
     )
 
 
+def _materialize_or_fetch(settings: Settings, version: Any, *, progress: bool) -> Path:
+    """The version laid out as an adapter directory; when its files are not in this machine's
+    store (a CI runner sharing a PostgreSQL catalog), they are pulled from a recorded remote copy
+    first, sha256-verified."""
+    from patchctl import api
+    from patchctl.installer import _materialized
+
+    try:
+        return _materialized(settings, version)
+    except NotFoundError:
+        with api.catalog(settings) as cat:
+            copies = cat.list_remotes(version.name, version.version)
+        if not copies:
+            raise
+        last: PatchctlError | None = None
+        for copy in copies:
+            tail = copy.url.rsplit("/", 1)[-1]
+            url = copy.url if "@" in tail else f"{copy.url}@{version.version}"
+            try:
+                api.pull(settings, url, progress=progress)
+                return _materialized(settings, version)
+            except PatchctlError as exc:
+                last = exc
+        assert last is not None
+        raise last from None
+
+
 def score_baseline(
     adapter_dir: Path,
     base_dir: Path,
@@ -367,253 +387,6 @@ def score_baseline(
         for t in spec.tasks
     ]
     return spec.model_copy(update={"tasks": tuple(tasks)})
-
-
-# -- ci -------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CiResult:
-    patch: str
-    #: pass | regressed | no-baseline | refused (checks failed) | error
-    status: str
-    validation: ValidationOutcome | None = None
-    message: str = ""
-    promoted: str | None = None
-
-
-@dataclass(frozen=True)
-class CiOutcome:
-    base: str
-    base_weights_sha256: str
-    results: tuple[CiResult, ...] = field(default_factory=tuple)
-    base_loads: int = 0
-
-    @property
-    def exit_code(self) -> int:
-        from patchctl.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_REGRESSED
-
-        statuses = {r.status for r in self.results}
-        if "regressed" in statuses:
-            return EXIT_REGRESSED
-        if "refused" in statuses:
-            return EXIT_CHECK_FAILED
-        if "error" in statuses:
-            return 1
-        return EXIT_OK
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "base": self.base,
-            "base_weights_sha256": self.base_weights_sha256,
-            "exit_code": self.exit_code,
-            "results": [
-                {
-                    "patch": r.patch,
-                    "status": r.status,
-                    "message": r.message,
-                    "promoted": r.promoted,
-                    "validation": r.validation.to_json() if r.validation else None,
-                }
-                for r in self.results
-            ],
-        }
-
-
-def _materialize_or_fetch(settings: Settings, version: Any, *, progress: bool) -> Path:
-    """The version laid out as an adapter directory; when its files are not in this machine's
-    store (a CI runner sharing a PostgreSQL catalog), they are pulled from a recorded remote copy
-    first, sha256-verified."""
-    from patchctl import api
-    from patchctl.installer import _materialized
-
-    try:
-        return _materialized(settings, version)
-    except NotFoundError:
-        with api.catalog(settings) as cat:
-            copies = cat.list_remotes(version.name, version.version)
-        if not copies:
-            raise
-        last: PatchctlError | None = None
-        for copy in copies:
-            tail = copy.url.rsplit("/", 1)[-1]
-            url = copy.url if "@" in tail else f"{copy.url}@{version.version}"
-            try:
-                api.pull(settings, url, progress=progress)
-                return _materialized(settings, version)
-            except PatchctlError as exc:
-                last = exc
-        assert last is not None
-        raise last from None
-
-
-def _candidates(settings: Settings, patches: str | None, family: str | None) -> list[Any]:
-    """Newest non-yanked version of every catalog patch matching the glob/family that carries an eval set."""
-    from patchctl import api
-    from patchctl.schemas.refs import PatchRef
-
-    out = []
-    with api.catalog(settings) as cat:
-        for summary in cat.list_patches():
-            if patches and not fnmatch.fnmatchcase(summary.name, patches):
-                continue
-            if summary.latest is None:
-                continue
-            version = cat.resolve(PatchRef(summary.name)).version
-            if version.manifest.eval is None:
-                continue
-            if family and version.manifest.source_base.family.model_type != family:
-                continue
-            out.append(version)
-    return out
-
-
-def ci_plan(settings: Settings, *, patches: str | None = None, family: str | None = None) -> dict[str, Any]:
-    """A GitHub Actions matrix: one entry per patch to validate (``ci --patches <name>`` each)."""
-    return {"include": [{"patch": v.name, "version": v.version} for v in _candidates(settings, patches, family)]}
-
-
-def ci(
-    settings: Settings,
-    *,
-    onto: str,
-    patches: str | None = None,
-    family: str | None = None,
-    promote: str | None = None,
-    limit: int | None = None,
-    batch_size: int = 1,
-    device: str = "auto",
-    force: bool = False,
-    trust_eval_code: bool = False,
-    progress: bool = True,
-) -> CiOutcome:
-    """Re-validate every matching patch on ``onto``: the base is loaded once; each patch is
-    checked, applied, scored, removed. ``promote`` moves that alias to passing versions only."""
-    from patchctl import api
-    from patchctl.evaluate._score import LOADS
-    from patchctl.installer import PatchSource, _run, _target_base
-
-    if promote is not None:
-        from patchctl.registry.store import check_alias_name
-
-        check_alias_name(promote)
-    target = _target_base(settings, onto, progress=progress)
-    versions = _candidates(settings, patches, family)
-    loads_before = len(LOADS)
-    sessions: dict[Path, _Session] = {}
-
-    def session_for(base_dir: Path) -> _Session:
-        if base_dir not in sessions:
-            sessions[base_dir] = _Session(base_dir, device=device, batch_size=batch_size)
-        return sessions[base_dir]
-
-    results: list[CiResult] = []
-    for version in versions:
-        ref = version.ref
-        try:
-            source = PatchSource(
-                ref, _materialize_or_fetch(settings, version, progress=progress), version.manifest, version
-            )
-            check = _run(settings, source, target)
-            if check.report.failed and not force:
-                failed = ", ".join(f"{r.name}: {r.detail}" for r in check.report.failed)
-                results.append(CiResult(ref, "refused", message=f"checks failed: {failed}"))
-                continue
-            target = _local_base(target, progress=progress)
-            outcome = _validate_one(
-                settings,
-                session_for,
-                source,
-                target,
-                check=check,
-                forced=bool(force and check.report.failed),
-                limit=limit,
-                trust_eval_code=trust_eval_code,
-                progress=progress,
-            )
-        except PatchctlError as exc:
-            results.append(CiResult(ref, "error", message=str(exc)))
-            continue
-        promoted = None
-        if promote is not None and outcome.verdict == "pass":
-            with api.catalog(settings) as cat:
-                cat.set_alias(
-                    version.name,
-                    promote,
-                    version.version,
-                    validated_on=target.facts.weights_sha256,
-                    validation_id=outcome.validation_id,
-                )
-            promoted = promote
-        results.append(CiResult(ref, outcome.verdict, outcome, _scores_message(outcome), promoted))
-    return CiOutcome(target.ref, target.facts.weights_sha256, tuple(results), len(LOADS) - loads_before)
-
-
-def _fmt(x: float | None, digits: int = 4) -> str:
-    return "—" if x is None else f"{x:.{digits}f}"
-
-
-def _scores_message(outcome: ValidationOutcome) -> str:
-    parts = []
-    for t in outcome.tasks:
-        text = (
-            f"{t.task} {t.metric}: patched {_fmt(t.patched)}, unpatched {_fmt(t.unpatched)}, "
-            f"baseline patched {_fmt(t.baseline_patched)} / unpatched {_fmt(t.baseline_unpatched)}, "
-            f"retained {_fmt(t.retained, 3)} → {t.verdict}"
-        )
-        if t.reasons:
-            text += " (" + "; ".join(t.reasons) + ")"
-        parts.append(text)
-    return "; ".join(parts)
-
-
-def junit_xml(outcome: CiOutcome, path: Path) -> None:
-    """One JUnit test case per patch (junitparser): failures carry the scores."""
-    from junitparser import Error, Failure, JUnitXml, Skipped, TestCase, TestSuite
-
-    suite = TestSuite(f"patchctl ci --onto {outcome.base}")
-    for r in outcome.results:
-        case = TestCase(r.patch, classname="patchctl.ci", time=r.validation.duration_s if r.validation else 0.0)
-        if r.status == "regressed":
-            case.result = [Failure(r.message, "regressed")]
-        elif r.status == "refused":
-            case.result = [Failure(r.message, "checks-failed")]
-        elif r.status == "error":
-            case.result = [Error(r.message, "error")]
-        elif r.status == "no-baseline":
-            case.system_out = r.message
-            case.result = [Skipped("no baseline to compare with: " + r.message)]
-        else:
-            case.system_out = r.message
-        suite.add_testcase(case)
-    xml = JUnitXml()
-    xml.add_testsuite(suite)
-    xml.write(str(path), pretty=True)
-
-
-def markdown_summary(outcome: CiOutcome) -> str:
-    """A Markdown table for ``$GITHUB_STEP_SUMMARY``."""
-    icon = {"pass": "✅", "regressed": "❌", "refused": "⛔", "error": "💥", "no-baseline": "➖"}
-    lines = [
-        f"## patchctl ci on `{outcome.base}`",
-        "",
-        f"base weights `{outcome.base_weights_sha256[:12]}` · {len(outcome.results)} patch(es) · exit {outcome.exit_code}",
-        "",
-        "| patch | verdict | task | metric | patched | unpatched | baseline | retained | promoted |",
-        "|---|---|---|---|---:|---:|---:|---:|---|",
-    ]
-    for r in outcome.results:
-        mark = f"{icon.get(r.status, '')} {r.status}"
-        if r.validation is None or not r.validation.tasks:
-            msg = r.message.replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| `{r.patch}` | {mark} | {msg} | | | | | | {r.promoted or ''} |")
-            continue
-        for t in r.validation.tasks:
-            lines.append(
-                f"| `{r.patch}` | {mark} | {t.task} | {t.metric} | {_fmt(t.patched)} | {_fmt(t.unpatched)} | "
-                f"{_fmt(t.baseline_patched)} | {_fmt(t.retained, 3)} | {r.promoted or ''} |"
-            )
-    return "\n".join(lines) + "\n"
 
 
 def record_baseline(cat: Any, manifest: Manifest, *, base_ref: str) -> int | None:
