@@ -44,6 +44,7 @@ from patchctl.registry.records import (
 from patchctl.registry.store import Catalog, open_catalog
 from patchctl.schemas.base import BaseFacts
 from patchctl.schemas.manifest import (
+    EVAL_DIR,
     MANIFEST_FILE,
     FileEntry,
     Manifest,
@@ -59,13 +60,18 @@ __all__ = [
     "BaseAddResult",
     "BaseListing",
     "CheckOutcome",
+    "CiOutcome",
+    "CiResult",
+    "EvalOptions",
     "InstallOutcome",
+    "OutdatedPatch",
     "PatchDetails",
     "PreparedPush",
     "PublishedCopy",
     "Publisher",
     "PullResult",
     "PushResult",
+    "ValidationOutcome",
     "alias_list",
     "alias_remove",
     "alias_set",
@@ -73,11 +79,14 @@ __all__ = [
     "base_list",
     "catalog",
     "check",
+    "ci",
+    "ci_plan",
     "db_current",
     "db_upgrade",
     "install",
     "list_patches",
     "materialize_version",
+    "outdated",
     "prepare_push",
     "publisher_for",
     "pull",
@@ -88,6 +97,7 @@ __all__ = [
     "search",
     "show",
     "unyank",
+    "validate",
     "yank",
 ]
 
@@ -130,6 +140,33 @@ class PreparedPush:
     manifest: Manifest
     adapter_dir: Path
     base: BaseFacts
+    #: the eval set's folder (its files are the manifest's files under eval/)
+    eval_dir: Path | None = None
+
+    def file_path(self, rel: str) -> Path:
+        """Where a manifest file is on disk before staging."""
+        prefix = EVAL_DIR + "/"
+        if self.eval_dir is not None and rel.startswith(prefix):
+            return self.eval_dir / rel[len(prefix) :]
+        return self.adapter_dir / rel
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """``push --eval``: the eval folder, tasks and metric gated on, thresholds, baseline scoring."""
+
+    eval_dir: Path
+    tasks: tuple[str, ...] = ()
+    metric: str | None = None
+    min_score: float | None = None
+    max_drop: float | None = 0.02
+    min_retained: float | None = None
+    trust_eval_code: bool = False
+    #: score θ unpatched and patched at push (``--no-baseline``: False)
+    baseline: bool = True
+    limit: int | None = None
+    batch_size: int = 1
+    device: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -204,6 +241,7 @@ def prepare_push(
     license: str | None = None,
     show_progress: bool = False,
     settings: Settings | None = None,
+    eval_options: EvalOptions | None = None,
 ) -> PreparedPush:
     """Stage 1 of push: validate the inputs and build the manifest. Writes nothing (but the
     hash cache of ``settings``, if given)."""
@@ -236,6 +274,23 @@ def prepare_push(
         FileEntry(path=fname, sha256=sha256_file(adapter_dir / fname), size=(adapter_dir / fname).stat().st_size)
         for fname in PATCH_FILES
     )
+    eval_spec = None
+    eval_dir = None
+    if eval_options is not None:
+        from patchctl.evaluate import build_eval_spec, read_eval_folder, refuse_untrusted_code
+
+        eval_dir = Path(eval_options.eval_dir).expanduser()
+        folder = read_eval_folder(eval_dir)
+        refuse_untrusted_code(folder.code, where=str(eval_dir), trust=eval_options.trust_eval_code)
+        eval_spec = build_eval_spec(
+            folder,
+            tasks=eval_options.tasks,
+            metric=eval_options.metric,
+            min_score=eval_options.min_score,
+            max_drop=eval_options.max_drop,
+            min_retained=eval_options.min_retained,
+        )
+        files += tuple(f.model_copy(update={"path": f"{EVAL_DIR}/{f.path}"}) for f in folder.files)
     manifest = Manifest(
         name=name,
         version=version,
@@ -255,14 +310,15 @@ def prepare_push(
             tokenizer=facts.tokenizer,
         ),
         files=files,
+        eval=eval_spec,
     )
-    return PreparedPush(manifest=manifest, adapter_dir=adapter_dir, base=facts)
+    return PreparedPush(manifest=manifest, adapter_dir=adapter_dir, base=facts, eval_dir=eval_dir)
 
 
 def _stage(store: BlobStore, prepared: PreparedPush) -> str:
     """Stage 2: files and patch.json into the content store. Returns patch.json's sha256."""
     for f in prepared.manifest.files:
-        store.put_file(prepared.adapter_dir / f.path, expected_sha256=f.sha256)
+        store.put_file(prepared.file_path(f.path), expected_sha256=f.sha256)
     return store.put_bytes(prepared.manifest.to_json().encode())
 
 
@@ -288,6 +344,7 @@ def push(
     license: str | None = None,
     publish: Publisher | None = None,
     show_progress: bool = False,
+    eval_options: EvalOptions | None = None,
 ) -> PushResult:
     """Record a PEFT LoRA adapter as ``name==version`` (see the module docstring for the stages).
 
@@ -305,6 +362,7 @@ def push(
         license=license,
         show_progress=show_progress,
         settings=settings,
+        eval_options=eval_options,
     )
     manifest = prepared.manifest
     store = _store(settings)
@@ -321,6 +379,9 @@ def push(
             again = _publish(store, known.manifest, publish)
             copied = cat.record_remote(known.name, known.version, again.url, again.revision)
             return PushResult(result.version, created=False, remote=copied)
+        if eval_options is not None and eval_options.baseline and manifest.eval is not None:
+            prepared = _with_baseline(prepared, eval_options, show_progress=show_progress)
+            manifest = prepared.manifest
         manifest_sha = _stage(store, prepared)
         copy = _publish(store, manifest, publish) if publish is not None else None
         result = cat.add_version(
@@ -332,7 +393,33 @@ def push(
         remote: RemoteCopy | None = None
         if copy is not None:
             remote = next(r for r in cat.list_remotes(manifest.name, manifest.version) if r.url == copy.url)
+        if result.created and manifest.eval is not None and all(t.baseline for t in manifest.eval.tasks):
+            from patchctl.evaluate._run import record_baseline
+
+            record_baseline(cat, manifest, base_ref=str(prepared.base.source))
         return PushResult(result.version, created=result.created, remote=remote)
+
+
+def _with_baseline(prepared: PreparedPush, options: EvalOptions, *, show_progress: bool) -> PreparedPush:
+    """Score the eval set on the source base θ, unpatched and patched; the baseline goes into the manifest."""
+    from dataclasses import replace
+
+    from patchctl.evaluate._run import score_baseline
+
+    manifest = prepared.manifest
+    assert manifest.eval is not None and prepared.eval_dir is not None
+    spec = score_baseline(
+        prepared.adapter_dir,
+        Path(prepared.base.source),
+        manifest.eval,
+        base_weights_sha256=prepared.base.weights_sha256,
+        limit=options.limit,
+        batch_size=options.batch_size,
+        device=options.device,
+        eval_dir=prepared.eval_dir,
+        progress=show_progress,
+    )
+    return replace(prepared, manifest=manifest.model_copy(update={"eval": spec}))
 
 
 def materialize_version(settings: Settings, version: VersionInfo, dest: Path, *, link: bool = True) -> Path:
@@ -348,11 +435,37 @@ def materialize_version(settings: Settings, version: VersionInfo, dest: Path, *,
 
 
 def list_patches(
-    settings: Settings, namespace: str | None = None, *, limit: int | None = None, cursor: str | None = None
+    settings: Settings,
+    namespace: str | None = None,
+    *,
+    limit: int | None = None,
+    cursor: str | None = None,
+    validated_on: str | None = None,
 ) -> list[PatchSummary]:
-    """Patches by name; ``limit`` of them after ``cursor`` (the last name of the previous page)."""
+    """Patches by name; ``limit`` of them after ``cursor`` (the last name of the previous page).
+    ``validated_on`` (a base directory, ``hf://repo@rev`` or weights fingerprint) keeps those with a
+    version that passed validation on exactly that base."""
     with catalog(settings) as cat:
-        return cat.list_patches(namespace, limit=limit, after=cursor)
+        if validated_on is None:
+            return cat.list_patches(namespace, limit=limit, after=cursor)
+        sha = _base_fingerprint(cat, validated_on, settings=settings)
+        names = cat.validated_names(sha)
+        patches = [p for p in cat.list_patches(namespace, after=cursor) if p.name in names]
+        return patches if limit is None else patches[:limit]
+
+
+def _base_fingerprint(cat: Catalog, text: str, *, settings: Settings) -> str:
+    """The weights fingerprint of a base named by fingerprint (prefix), ``hf://repo@rev`` known to
+    the catalog, or a local directory (hashed, not recorded)."""
+    if re.fullmatch(r"[0-9a-fA-F]{8,64}", text) and not Path(text).exists():
+        return cat.get_base(text).weights_sha256
+    ref = parse_base_ref(text)
+    if isinstance(ref, HubRef):
+        found = cat.find_bases(f"hf://{ref.repo_id}", ref.revision)
+        if len(found) != 1:
+            raise NotFoundError(f"{text}: {len(found)} recorded bases match; give a commit or a fingerprint")
+        return found[0].weights_sha256
+    return read_base(ref.path, settings=settings).weights_sha256
 
 
 def _patch_ref(text: str) -> PatchRef:
@@ -565,5 +678,8 @@ def db_current(settings: Settings) -> SchemaState:
 
 # -- check / install / remotes (implemented in their own modules) ---------------------------
 
+from patchctl.evaluate._ci import CiOutcome, CiResult, ci, ci_plan  # noqa: E402
+from patchctl.evaluate._outdated import OutdatedPatch, outdated  # noqa: E402
+from patchctl.evaluate._run import ValidationOutcome, validate  # noqa: E402
 from patchctl.installer import CheckOutcome, InstallOutcome, check, install  # noqa: E402
 from patchctl.sync import PullResult, publisher_for, pull, remote_url_for, search  # noqa: E402

@@ -18,6 +18,8 @@ the process exit code the CLI uses for it (the table in README.md, "Exit codes")
     │   └── StaleSchemaError               schema older/newer than this patchctl; message has the fix
     └── CheckFailedError              21   compatibility checks failed (install without --force)
 
+``validate`` and ``ci`` exit 22 (:data:`EXIT_REGRESSED`) when a patch scored below its thresholds.
+
 ``patchctl check`` itself exits 0 when every check passes, 20 when some warn, 21 when some fail.
 Unknown exceptions are bugs: the CLI prints their traceback and exits 1.
 """
@@ -29,6 +31,7 @@ __all__ = [
     "EXIT_CHECK_WARNINGS",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "EXIT_REGRESSED",
     "EXIT_USAGE",
     "AdapterError",
     "AuthError",
@@ -50,6 +53,8 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_CHECK_WARNINGS = 20
 EXIT_CHECK_FAILED = 21
+#: validate / ci: a patch regressed on the base (scores below its thresholds)
+EXIT_REGRESSED = 22
 EXIT_INTERRUPTED = 130
 
 

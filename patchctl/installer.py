@@ -232,6 +232,11 @@ def _run(
             extra = drift_report(layout, _drift_source(settings, source, drift_from), target.local_dir)
             report = report.model_copy(update={"results": (*report.results, extra)})
         if source.version is not None:
+            from patchctl.evaluate._run import validated_check
+
+            found = validated_check(cat, source.version, target.facts.weights_sha256)
+            if found is not None:
+                report = report.model_copy(update={"results": (*report.results, found)})
             rec = cat.record_compat_report(
                 source.version.name,
                 source.version.version,

@@ -48,6 +48,7 @@ def _register() -> None:
     from patchctl.cli import base as _base
     from patchctl.cli import config as _config
     from patchctl.cli import db as _db
+    from patchctl.cli import evaluate as _evaluate
     from patchctl.cli import install as _install
     from patchctl.cli import lineage as _lineage
     from patchctl.cli import patches as _patches
@@ -55,7 +56,7 @@ def _register() -> None:
     from patchctl.cli import resolve as _resolve
     from patchctl.cli import schema as _schema
 
-    for module in (_schema, _patches, _alias, _base, _db, _install, _remote, _config, _resolve, _lineage):
+    for module in (_schema, _patches, _alias, _base, _db, _install, _remote, _config, _resolve, _lineage, _evaluate):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -50,7 +50,10 @@ def alias_list_cmd(settings: Settings, name: str, as_json: bool) -> None:
     if as_json:
         print_json(aliases)
         return
-    print_table(["ALIAS", "VERSION", "UPDATED"], ([a.alias, a.version, a.updated_at] for a in aliases))
+    print_table(
+        ["ALIAS", "VERSION", "UPDATED", "VALIDATED ON"],
+        ([a.alias, a.version, a.updated_at, a.validated_on or "-"] for a in aliases),
+    )
 
 
 COMMANDS = [alias_group]

@@ -44,6 +44,24 @@ def _publisher(settings: Settings, to: str | None) -> api.Publisher | None:
     "Default: the configured default_remote (PATCHCTL_REMOTE).",
 )
 @click.option("--local-only", is_flag=True, help="Do not publish, even if a default remote is configured.")
+@click.option(
+    "--eval",
+    "eval_dir",
+    type=_DIR,
+    help="An lm-eval task folder (task YAMLs + local data files) stored with the patch under eval/.",
+)
+@click.option("--eval-task", "eval_tasks", multiple=True, help="Task(s) of the eval folder to gate on (default: all).")
+@click.option("--eval-metric", help="Metric gated on (default: each task's first metric).")
+@click.option("--min-score", type=float, help="Patched score on a new base must reach this.")
+@click.option(
+    "--max-drop", type=float, default=0.02, show_default=True, help="Points the patched score may lose vs the baseline."
+)
+@click.option("--min-retained", type=float, help="Share of the patch's gain on θ that must survive on a new base.")
+@click.option(
+    "--no-baseline", is_flag=True, help="With --eval: do not score the source base now (validate can record it later)."
+)
+@click.option("--eval-limit", type=int, help="Examples per task when scoring the baseline (default: all).")
+@click.option("--trust-eval-code", is_flag=True, help="Allow `!function` and Python files in the eval folder.")
 @json_option
 @click.pass_obj
 def push_cmd(
@@ -58,9 +76,21 @@ def push_cmd(
     license_: str | None,
     to: str | None,
     local_only: bool,
+    eval_dir: Path | None,
+    eval_tasks: tuple[str, ...],
+    eval_metric: str | None,
+    min_score: float | None,
+    max_drop: float | None,
+    min_retained: float | None,
+    no_baseline: bool,
+    eval_limit: int | None,
+    trust_eval_code: bool,
     as_json: bool,
 ) -> None:
     """Record a PEFT LoRA adapter as NAME==VERSION: manifest, files in the store, catalog rows.
+
+    With --eval, the eval set travels with the patch, and the source base is scored unpatched and
+    patched (the baseline validations compare with) unless --no-baseline.
 
     Re-pushing the same content is a no-op; other content under an existing version is refused
     (versions are immutable, exit code 5).
@@ -77,6 +107,19 @@ def push_cmd(
         license=license_,
         publish=None if local_only else _publisher(settings, to),
         show_progress=not as_json,
+        eval_options=None
+        if eval_dir is None
+        else api.EvalOptions(
+            eval_dir,
+            tasks=eval_tasks,
+            metric=eval_metric,
+            min_score=min_score,
+            max_drop=max_drop,
+            min_retained=min_retained,
+            trust_eval_code=trust_eval_code,
+            baseline=not no_baseline,
+            limit=eval_limit,
+        ),
     )
     v = result.version
     if result.created:
@@ -110,11 +153,18 @@ def next_page(rows: int, limit: int | None, cursor: object, flag: str = "--curso
 @click.option("--namespace", help="Only patches of this namespace.")
 @limit_option(100, "patches")
 @click.option("--cursor", help="Start after this patch name (printed at the end of the previous page).")
+@click.option(
+    "--validated-on",
+    "validated_on",
+    help="Only patches with a version that passed validation on this exact base (directory, hf://repo@rev, fingerprint).",
+)
 @json_option
 @click.pass_obj
-def list_cmd(settings: Settings, namespace: str | None, limit: int, cursor: str | None, as_json: bool) -> None:
+def list_cmd(
+    settings: Settings, namespace: str | None, limit: int, cursor: str | None, validated_on: str | None, as_json: bool
+) -> None:
     """List the patches in the catalog (newest non-yanked version of each), by name, a page at a time."""
-    patches = api.list_patches(settings, namespace, limit=limit, cursor=cursor)
+    patches = api.list_patches(settings, namespace, limit=limit, cursor=cursor, validated_on=validated_on)
     if patches:
         next_page(len(patches), limit, patches[-1].name)
     if as_json:
@@ -203,7 +253,9 @@ def show_cmd(
         ("base weights", sb.weights_sha256),
         ("base family", f"{fam.model_type} hidden={fam.hidden_size} layers={fam.num_hidden_layers} vocab={fam.vocab_size}"),
         ("versions", ", ".join(x.version + (" (yanked)" if x.yanked else "") for x in d.versions)),
-        ("aliases", ", ".join(f"{a.alias}→{a.version}" for a in d.aliases) or "-"),
+        ("aliases", ", ".join(f"{a.alias}→{a.version}" + (f" (validated on {_short(a.validated_on)})"
+                                                             if a.validated_on else "") for a in d.aliases) or "-"),
+        ("eval", ", ".join(f"{t.task} ({t.metric})" for t in mf.eval.tasks) if mf.eval else "-"),
     ]  # fmt: skip
     print_table(["FIELD", "VALUE"], rows, title=v.ref)
     print_table(["FILE", "SHA256", "SIZE"], ([f.path, f.sha256, f.size] for f in v.files), title="files")
@@ -223,8 +275,21 @@ def show_cmd(
         )
     if d.validations:
         print_table(
-            ["VALIDATION", "BASE", "VERDICT", "WHEN"],
-            ([r.id, _short(r.base_weights_sha256), r.verdict, r.created_at] for r in d.validations),
+            ["VALIDATION", "BASE", "REF", "VERDICT", "SCORES", "WHEN"],
+            (
+                [
+                    r.id,
+                    _short(r.base_weights_sha256),
+                    r.base_ref or "",
+                    r.verdict + (" (forced)" if r.forced else ""),
+                    "; ".join(
+                        f"{t.get('task')}: {t.get('patched')} vs {t.get('unpatched')}"
+                        for t in r.scores.get("tasks", [])
+                    ),
+                    r.created_at,
+                ]
+                for r in d.validations
+            ),
             title="validations",
         )
     if d.installs:

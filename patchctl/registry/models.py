@@ -31,6 +31,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -136,6 +137,9 @@ class Alias(Base):
         ForeignKey("versions.id", name="fk_aliases_version_id_versions", ondelete="CASCADE"), index=True
     )
     updated_at: Mapped[datetime] = mapped_column(TS)
+    #: set by ``ci --promote``: the base (weights fingerprint) the version was validated on, and the validation
+    validated_base_sha256: Mapped[str | None] = mapped_column(SHA, nullable=True)
+    validation_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class BaseModel(Base):
@@ -215,9 +219,18 @@ class Validation(Base):
     )
     base_weights_sha256: Mapped[str] = mapped_column(SHA, index=True)
     scores: Mapped[dict[str, Any]] = mapped_column(JSON)
-    verdict: Mapped[str] = mapped_column(String(16), comment="pass | fail")
+    verdict: Mapped[str] = mapped_column(String(16), comment="pass | regressed | no-baseline")
     thresholds: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(TS)
+    base_ref: Mapped[str | None] = mapped_column(
+        Text, nullable=True, comment="the base as named: a path or hf://repo@rev"
+    )
+    limit: Mapped[int | None] = mapped_column(Integer, nullable=True, comment="examples per task (None: all)")
+    lm_eval_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    tool_version: Mapped[str | None] = mapped_column(String(64), nullable=True, comment="patchctl version")
+    duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    check_status: Mapped[str | None] = mapped_column(String(16), nullable=True, comment="pass | warn | fail")
+    forced: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
 
 
 class Install(Base):

@@ -82,6 +82,9 @@ class AliasInfo:
     alias: str
     version: str
     updated_at: datetime
+    #: the base (weights fingerprint) ``ci --promote`` validated the version on before moving the alias
+    validated_on: str | None = None
+    validation_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,13 @@ class ValidationRecord:
     verdict: str
     thresholds: dict[str, Any]
     created_at: datetime
+    base_ref: str | None = None
+    limit: int | None = None
+    lm_eval_version: str | None = None
+    tool_version: str | None = None
+    duration_s: float | None = None
+    check_status: str | None = None
+    forced: bool = False
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,8 @@ LINEAGE_RELATIONS = (
 )
 _ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
 _STATUSES = ("pass", "warn", "fail")
+#: verdicts of a validation (``pass``/``fail`` are accepted for rows written before 0003)
+VALIDATION_VERDICTS = ("pass", "regressed", "no-baseline", "fail")
 
 
 def _now() -> datetime:
@@ -561,8 +563,19 @@ class Catalog:
 
     # -- aliases -------------------------------------------------------------------------
 
-    def set_alias(self, name: str, alias: str, version: str) -> AliasInfo:
-        """Point ``alias`` at a version (creating or moving it). Yanked versions are refused."""
+    def set_alias(
+        self,
+        name: str,
+        alias: str,
+        version: str,
+        *,
+        validated_on: str | None = None,
+        validation_id: int | None = None,
+    ) -> AliasInfo:
+        """Point ``alias`` at a version (creating or moving it). Yanked versions are refused.
+
+        ``validated_on`` (a base's weights fingerprint) and ``validation_id`` record the validation
+        that justified the move (``ci --promote``); a plain move clears them."""
         name, alias, version = _name(name), check_alias_name(alias), _version(version)
 
         def tx(s: Session) -> AliasInfo:
@@ -573,10 +586,20 @@ class Catalog:
             current = s.scalar(select(m.Alias).where(m.Alias.patch_id == patch.id, m.Alias.alias == alias))
             if current is None:
                 with s.begin_nested():
-                    s.add(m.Alias(patch_id=patch.id, alias=alias, version_id=row.id, updated_at=now))
+                    s.add(
+                        m.Alias(
+                            patch_id=patch.id,
+                            alias=alias,
+                            version_id=row.id,
+                            updated_at=now,
+                            validated_base_sha256=validated_on,
+                            validation_id=validation_id,
+                        )
+                    )
             else:
                 current.version_id, current.updated_at = row.id, now
-            return AliasInfo(name, alias, version, now)
+                current.validated_base_sha256, current.validation_id = validated_on, validation_id
+            return AliasInfo(name, alias, version, now, validated_on, validation_id)
 
         return self._retrying(tx)
 
@@ -592,12 +615,18 @@ class Catalog:
         with self._session() as s:
             patch = self._patch(s, _name(name))
             rows = s.execute(
-                select(m.Alias.alias, m.Version.version, m.Alias.updated_at)
+                select(
+                    m.Alias.alias,
+                    m.Version.version,
+                    m.Alias.updated_at,
+                    m.Alias.validated_base_sha256,
+                    m.Alias.validation_id,
+                )
                 .join(m.Version, m.Alias.version_id == m.Version.id)
                 .where(m.Alias.patch_id == patch.id)
                 .order_by(m.Alias.alias)
             ).all()
-            return [AliasInfo(patch.name, a, v, _aware(t)) for a, v, t in rows]
+            return [AliasInfo(patch.name, a, v, _aware(t), vb, vid) for a, v, t, vb, vid in rows]
 
     # -- yank ----------------------------------------------------------------------------
 
@@ -1029,9 +1058,17 @@ class Catalog:
         scores: dict[str, Any],
         verdict: str,
         thresholds: dict[str, Any],
+        base_ref: str | None = None,
+        limit: int | None = None,
+        lm_eval_version: str | None = None,
+        tool_version: str | None = None,
+        duration_s: float | None = None,
+        check_status: str | None = None,
+        forced: bool = False,
     ) -> ValidationRecord:
-        if verdict not in ("pass", "fail"):
-            raise InvalidInputError(f"verdict {verdict!r}: expected 'pass' or 'fail'")
+        """Record one validation run (one row; concurrent writers each add their own)."""
+        if verdict not in VALIDATION_VERDICTS:
+            raise InvalidInputError(f"verdict {verdict!r}: expected one of {', '.join(VALIDATION_VERDICTS)}")
         with self._session(write=True) as s:
             patch, row = self._version_row(s, _name(name), _version(version))
             rec = m.Validation(
@@ -1041,6 +1078,13 @@ class Catalog:
                 verdict=verdict,
                 thresholds=thresholds,
                 created_at=_now(),
+                base_ref=base_ref,
+                limit=limit,
+                lm_eval_version=lm_eval_version,
+                tool_version=tool_version,
+                duration_s=duration_s,
+                check_status=check_status,
+                forced=forced,
             )
             s.add(rec)
             s.flush()
@@ -1057,7 +1101,37 @@ class Catalog:
             r.verdict,
             r.thresholds,
             _aware(r.created_at),
+            base_ref=r.base_ref,
+            limit=r.limit,
+            lm_eval_version=r.lm_eval_version,
+            tool_version=r.tool_version,
+            duration_s=r.duration_s,
+            check_status=r.check_status,
+            forced=bool(r.forced),
         )
+
+    def validated_names(self, base_weights_sha256: str, *, verdicts: tuple[str, ...] = ("pass",)) -> set[str]:
+        """Names of patches with a version validated on this exact base (with one of ``verdicts``)."""
+        with self._session() as s:
+            rows = s.scalars(
+                select(m.Patch.name)
+                .join(m.Version, m.Version.patch_id == m.Patch.id)
+                .join(m.Validation, m.Validation.version_id == m.Version.id)
+                .where(m.Validation.base_weights_sha256 == base_weights_sha256, m.Validation.verdict.in_(verdicts))
+                .distinct()
+            ).all()
+            return set(rows)
+
+    def list_all_validations(self) -> list[ValidationRecord]:
+        """Every validation, oldest first (``outdated`` reads their bases)."""
+        with self._session() as s:
+            rows = s.execute(
+                select(m.Validation, m.Version, m.Patch)
+                .join(m.Version, m.Validation.version_id == m.Version.id)
+                .join(m.Patch, m.Version.patch_id == m.Patch.id)
+                .order_by(m.Validation.id)
+            ).all()
+            return [self._validation(p, v, r) for r, v, p in rows]
 
     def list_validations(
         self, name: str, version: str | None = None, *, base_weights_sha256: str | None = None

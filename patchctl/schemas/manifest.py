@@ -22,20 +22,29 @@ from patchctl.schemas._common import SafeRelPath, Sha256, StrictModel, format_va
 from patchctl.schemas.base import Family, TokenizerFacts
 
 __all__ = [
+    "EVAL_DIR",
     "MANIFEST_FILE",
     "SCHEMA_VERSION",
+    "EvalBaseline",
     "EvalResult",
+    "EvalSpec",
+    "EvalTaskSpec",
     "FileEntry",
     "LoraSpec",
     "Manifest",
     "SourceBase",
     "check_patch_name",
     "content_digest",
+    "migrate_manifest",
     "normalize_version",
 ]
 
 MANIFEST_FILE = "patch.json"
-SCHEMA_VERSION = 1
+#: 2: the ``eval`` section (an lm-evaluation-harness task folder stored under ``eval/``).
+#: Version 1 documents (no ``eval``) are migrated on read: see :func:`migrate_manifest`.
+SCHEMA_VERSION = 2
+#: the folder of a version's files that holds its eval set
+EVAL_DIR = "eval"
 
 _NAME_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
 _NAME = re.compile(rf"^{_NAME_PART}/{_NAME_PART}$")
@@ -111,8 +120,68 @@ class EvalResult(StrictModel):
     n: int | None = Field(default=None, ge=0)
 
 
+class EvalBaseline(StrictModel):
+    """The scores of one eval task on the source base θ, unpatched and patched (θ + Δθ)."""
+
+    base_weights_sha256: Sha256
+    patched: float
+    unpatched: float
+    limit: int | None = Field(default=None, ge=1, description="examples per task scored (None: all)")
+    lm_eval_version: str
+
+
+class EvalTaskSpec(StrictModel):
+    """One lm-eval task of the eval set, the metric the verdict gates on, and its thresholds."""
+
+    task: str = Field(min_length=1, description="lm-eval task name (the `task:` key of a YAML in eval/)")
+    metric: str = Field(min_length=1, description="lm-eval metric gated on, e.g. acc")
+    filter: str = Field(default="none", min_length=1, description="lm-eval filter of the metric (`acc,none`)")
+    higher_is_better: bool = True
+    min_score: float | None = Field(default=None, description="patched score on a new base must be at least this")
+    max_drop: float | None = Field(
+        default=0.02, ge=0, description="patched score may fall at most this many points below the baseline's patched"
+    )
+    min_retained: float | None = Field(
+        default=None,
+        description="(patched - unpatched) on the new base / the same gain on the source base must be at least this",
+    )
+    baseline: EvalBaseline | None = Field(default=None, description="scores on the source base, recorded at push")
+
+    @property
+    def result_key(self) -> str:
+        """The key of the metric in lm-eval's results (``acc,none``)."""
+        return f"{self.metric},{self.filter}"
+
+
+class EvalSpec(StrictModel):
+    """An lm-evaluation-harness task folder stored with the patch under ``eval/``: task YAMLs whose
+    data are local files of the folder (``dataset_path: json`` + ``data_files`` relative to it)."""
+
+    tasks: tuple[EvalTaskSpec, ...] = Field(min_length=1)
+    files: tuple[FileEntry, ...] = Field(
+        min_length=1, description="the folder's files (paths relative to eval/); also listed in the manifest's files"
+    )
+    contains_code: bool = Field(
+        default=False, description="the folder has `!function` or Python files (runs only with --trust-eval-code)"
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> EvalSpec:
+        names = [t.task for t in self.tasks]
+        if len(names) != len(set(names)):
+            raise ValueError("tasks: duplicate task names")
+        return self
+
+
+def migrate_manifest(data: Any) -> Any:
+    """Bring a stored patch.json document to :data:`SCHEMA_VERSION` (1 → 2: no ``eval`` section)."""
+    if isinstance(data, dict) and data.get("schema_version") == 1:
+        data = {**data, "schema_version": 2}
+    return data
+
+
 class Manifest(StrictModel):
-    schema_version: Literal[1] = 1
+    schema_version: Literal[2] = 2
     name: str
     version: str
     task: str = Field(min_length=1)
@@ -124,6 +193,7 @@ class Manifest(StrictModel):
     source_base: SourceBase
     files: tuple[FileEntry, ...] = Field(min_length=1)
     evals: tuple[EvalResult, ...] = ()
+    eval: EvalSpec | None = Field(default=None, description="the eval set (lm-eval task folder under eval/)")
 
     @field_validator("name")
     @classmethod
@@ -140,6 +210,12 @@ class Manifest(StrictModel):
         paths = [f.path for f in self.files]
         if len(paths) != len(set(paths)):
             raise ValueError("files: duplicate paths")
+        listed = {(f.path, f.sha256, f.size) for f in self.files if f.path.startswith(EVAL_DIR + "/")}
+        declared = set()
+        if self.eval is not None:
+            declared = {(f"{EVAL_DIR}/{f.path}", f.sha256, f.size) for f in self.eval.files}
+        if listed != declared:
+            raise ValueError(f"files under {EVAL_DIR}/ and eval.files disagree")
         return self
 
     @property
@@ -175,7 +251,7 @@ class Manifest(StrictModel):
     @classmethod
     def from_dict(cls, data: Any, *, source: str = MANIFEST_FILE) -> Manifest:
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(migrate_manifest(data))
         except ValidationError as exc:
             raise ManifestError(format_validation_error(exc, source)) from None
 

@@ -51,7 +51,7 @@ def test_manifest_round_trip_and_schema() -> None:
         ({"version": "one point oh"}, "version"),
         ({"name": "no-namespace"}, "name"),
         ({"unexpected": 1}, "unexpected"),
-        ({"schema_version": 2}, "schema_version"),
+        ({"schema_version": 3}, "schema_version"),
     ],
 )
 def test_invalid_manifests_name_the_field(over: dict[str, Any], needle: str) -> None:

@@ -2,11 +2,9 @@
 the tensor-content fingerprint of bases
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-11-29 20:10:00
 
-Written in parallel with 0003 (validations); when both are merged, 0004 is chained after 0003
-(``down_revision = "0003"``).
 """
 
 from collections.abc import Sequence
@@ -16,7 +14,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = "0004"
-down_revision: str | Sequence[str] | None = "0002"
+down_revision: str | Sequence[str] | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
