@@ -15,9 +15,9 @@ TASK = "pico_choice"
 GOOD, BAD = "w4", "w5"
 
 
-def make_eval_base(out: Path, *, seed: int = 0, vocab: int = picomodels.VOCAB) -> Path:
+def make_eval_base(out: Path, *, seed: int = 0, vocab: int = picomodels.VOCAB, layers: int = 2) -> Path:
     """A pico Llama whose tokenizer names its special tokens (lm-eval needs a prefix/eos token)."""
-    picomodels.make_base(out, seed=seed, vocab=vocab)
+    picomodels.make_base(out, seed=seed, vocab=vocab, layers=layers)
     (out / "tokenizer_config.json").write_text(
         json.dumps(
             {

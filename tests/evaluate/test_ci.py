@@ -117,7 +117,7 @@ def test_ci_junit_summary_promote_and_exit_codes(
 
     # only the passing patch: exit 0; a base the checks refuse: exit 21
     assert _cli(home, db, "ci", "--onto", eval_base_v2, "--patches", "acme/g*").code == 0
-    other_vocab = make_eval_base(tmp_path / "other-vocab", vocab=100)
+    other_vocab = make_eval_base(tmp_path / "other-vocab", vocab=100, layers=3)  # family fails
     r = _cli(home, db, "ci", "--onto", other_vocab, "--json", "--junit", junit)
     assert r.code == 21, r.stderr
     assert [x["status"] for x in json.loads(r.stdout)["results"]] == ["refused", "refused"]

@@ -178,7 +178,7 @@ def test_no_baseline_then_recorded_on_the_source_base(
 def test_failed_checks_refuse_unless_forced(
     tmp_path: Path, home: Path, db: str, eval_base: Path, eval_folder: Path, good_adapter: Path
 ) -> None:
-    other_vocab = make_eval_base(tmp_path / "other-vocab", vocab=100)
+    other_vocab = make_eval_base(tmp_path / "other-vocab", vocab=100, layers=3)  # family fails
     _push(home, db, good_adapter, eval_base, eval_folder, "--no-baseline")
     r = _cli(home, db, "validate", "acme/pref", "--onto", other_vocab, "--json")
     assert r.code == 21 and "refusing to validate" in r.stderr and r.stdout == ""
