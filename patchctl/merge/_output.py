@@ -95,7 +95,7 @@ def atomic_output_dir(out_dir: Path, *, force: bool, protect: tuple[Path, ...] =
         if out_dir == rp or _is_within(rp, out_dir) or _is_within(out_dir, rp):
             raise InvalidInputError(f"{out_dir}: the output directory must be outside {rp} (and not contain it)")
     if (out_dir.exists() or out_dir.is_symlink()) and not force:
-        raise ConflictError(f"{out_dir} already exists", hint="pass --force to replace it")
+        raise ConflictError(f"{out_dir} already exists", hint="pass --overwrite to replace it")
     parent = out_dir.parent
     parent.mkdir(parents=True, exist_ok=True)
     _clean_stale(parent, out_dir.name)
@@ -106,7 +106,7 @@ def atomic_output_dir(out_dir: Path, *, force: bool, protect: tuple[Path, ...] =
         fsync_dir(tmp)
         if out_dir.exists() or out_dir.is_symlink():
             if not force:
-                raise ConflictError(f"{out_dir} already exists", hint="pass --force to replace it")
+                raise ConflictError(f"{out_dir} already exists", hint="pass --overwrite to replace it")
             old = parent / f".{out_dir.name}.patchctl-old-{os.getpid()}-{secrets.token_hex(4)}"
             os.rename(out_dir, old)
             try:
