@@ -209,6 +209,13 @@ def checked_adapter(adapter_dir: Path) -> AdapterLayout:
         raise AdapterError(f"{adapter_dir}: " + "; ".join(layout.problems))
     if not layout.pairs and not layout.replacements:
         raise AdapterError(f"{adapter_dir}: {ADAPTER_WEIGHTS} holds no LoRA tensors")
+    for p in layout.pairs:
+        r = layout.config.rank_for(p.module)
+        if len(p.a_shape) != 2 or len(p.b_shape) != 2 or p.a_shape[0] != r or p.b_shape[1] != r:
+            raise AdapterError(
+                f"{adapter_dir}: {p.module}: A{list(p.a_shape)} / B{list(p.b_shape)} disagree with r={r} "
+                "(A must be [r, in], B [out, r])"
+            )
     bad: list[str] = []
     for key, info in sorted(layout.header.items()):
         if key == "__metadata__":
