@@ -49,11 +49,12 @@ def _register() -> None:
     from patchctl.cli import config as _config
     from patchctl.cli import db as _db
     from patchctl.cli import install as _install
+    from patchctl.cli import maintenance as _maintenance
     from patchctl.cli import patches as _patches
     from patchctl.cli import remote as _remote
     from patchctl.cli import schema as _schema
 
-    for module in (_schema, _patches, _alias, _base, _db, _install, _remote, _config):
+    for module in (_schema, _patches, _alias, _base, _db, _install, _remote, _config, _maintenance):
         for command in module.COMMANDS:
             cli.add_command(command)
 
