@@ -16,6 +16,7 @@ hot path.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -166,8 +167,6 @@ def gc(settings: Settings, *, dry_run: bool = False, now: float | None = None) -
             _remove(Path(item.path))
         for d in blobs.glob("*") if blobs.is_dir() else ():
             if d.is_dir():
-                try:
+                with contextlib.suppress(OSError):
                     os.rmdir(d)  # only when empty
-                except OSError:
-                    pass
     return GcReport(dry_run=dry_run, removed=tuple(items))

@@ -85,7 +85,7 @@ def test_local_adapter_that_differs_from_its_patch_json_is_refused(
     (adapter / "patch.json").write_text(pushed.manifest.to_json())
     api.check(settings, str(adapter), onto=str(pico_llama), progress=False)  # intact: fine
     _flip_byte(adapter / "adapter_model.safetensors")
-    with pytest.raises(IntegrityError, match="differ from its patch.json"):
+    with pytest.raises(IntegrityError, match=r"differ from its patch\.json"):
         api.install(settings, str(adapter), onto=str(pico_llama), out=tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
 
