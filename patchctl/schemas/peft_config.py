@@ -189,8 +189,8 @@ def read_adapter_config(adapter_dir: Path) -> AdapterConfig:
         raw = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
     except _NonFinite as exc:
         raise AdapterError(f"{path}: {exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AdapterError(f"{path}: not valid JSON ({exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise AdapterError(f"{path}: not valid JSON ({type(exc).__name__}: {exc})") from None
     if not isinstance(raw, dict):
         raise AdapterError(f"{path}: expected a JSON object")
     if "peft_type" not in raw:
