@@ -4,6 +4,7 @@ safetensors library itself on mutated files (accepts what it loads, refuses what
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 import tempfile
@@ -21,15 +22,13 @@ from patchctl.errors import InvalidInputError, PatchctlError
 from patchctl.schemas.refs import PatchRef, parse_patch_ref
 
 _part = st.from_regex(r"[a-z][a-z0-9_-]{0,15}", fullmatch=True).filter(lambda s: not s.endswith(("-", "_")))
-_versions = st.tuples(st.integers(0, 50), st.integers(0, 50), st.integers(0, 50)).map(lambda t: "%d.%d.%d" % t)
+_versions = st.tuples(st.integers(0, 50), st.integers(0, 50), st.integers(0, 50)).map(lambda t: ".".join(map(str, t)))
 
 
 @given(st.text(max_size=60))
 def test_any_text_parses_or_is_a_clean_error(text: str) -> None:
-    try:
+    with contextlib.suppress(PatchctlError):  # anything else (a traceback) fails the test
         parse_patch_ref(text)
-    except PatchctlError:
-        pass
 
 
 @given(_part, _part, _versions)
