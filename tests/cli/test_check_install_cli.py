@@ -308,7 +308,7 @@ def test_bad_invocations(home: Path, llama_adapter: Path, pico_llama: Path, tmp_
     r = _cli(home, None, "check", "acme/nothing", "--onto", pico_llama)
     assert r.code == 3 and r.stdout == ""
     r = _cli(home, None, "check", llama_adapter, "--onto", tmp_path / "no-base")
-    assert r.code in (3, 4) and r.stdout == "" and "Traceback" not in r.stderr
+    assert r.code == 4 and r.stdout == "" and "base directory does not exist" in r.stderr
     r = _cli(home, None, "install", llama_adapter, "--onto", pico_llama, "--out", pico_llama / "inside")
     assert r.code == 4 and "outside" in r.stderr
     assert not (pico_llama / "inside").exists() and not (tmp_path / "o").exists()
