@@ -8,7 +8,9 @@
   a live process's files are left alone (its pid is in the name);
 - blobs no catalog version refers to, once older than :data:`BLOB_GRACE_S` (a push stages its
   blobs before it records the version: a fresh unreferenced blob may be about to be used);
-- ``adapters/<digest>/`` layouts of content digests the catalog does not hold.
+- ``adapters/<digest>/`` layouts of content digests the catalog does not hold;
+- killed installs' ``.<out>.patchctl-tmp-<pid>-*`` folders in the folders recorded installs
+  wrote to (an install to the same ``--out`` also removes them).
 
 A referenced blob is never removed. Both read the whole catalog: a maintenance command, not a
 hot path.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -34,6 +37,8 @@ __all__ = ["BLOB_GRACE_S", "Damage", "GcItem", "GcReport", "VerifyReport", "gc",
 #: unreferenced blobs younger than this are kept (a concurrent push may be about to record them)
 BLOB_GRACE_S = 3600
 _MATERIALIZE_PREFIX = ".materialize-"
+#: an install's temporary sibling of its --out (patchctl.merge._output names them so)
+_OUT_TMP = re.compile(r"^\..+\.patchctl-(?:tmp|old)-(?P<pid>\d+)-[0-9a-f]+$")
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,14 @@ def _all_versions(settings: Settings) -> list[VersionInfo]:
 
     with catalog(settings) as cat:
         return [v for p in cat.list_patches() for v in cat.list_versions(p.name)]
+
+
+def _install_parents(settings: Settings) -> set[Path]:
+    """The folders installs wrote into: where killed installs left their temporary siblings."""
+    from patchctl.api import catalog
+
+    with catalog(settings) as cat:
+        return {Path(i.out_path).parent for p in cat.list_patches() for i in cat.list_installs(p.name)}
 
 
 def _wanted(v: VersionInfo) -> list[tuple[str, str]]:
@@ -151,6 +164,15 @@ def gc(settings: Settings, *, dry_run: bool = False, now: float | None = None) -
                     items.append(GcItem("temporary", str(entry), _size(entry)))
             elif not entry.name.startswith(".") and entry.name not in digests:
                 items.append(GcItem("layout", str(entry), _size(entry)))
+    for parent in sorted(_install_parents(settings)):
+        try:
+            entries = list(parent.iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            m = _OUT_TMP.match(entry.name)
+            if m and not pid_alive(int(m["pid"])):
+                items.append(GcItem("temporary", str(entry), _size(entry)))
     blobs = settings.store_dir / "sha256"
     if blobs.is_dir():
         for path in blobs.glob("*/*"):

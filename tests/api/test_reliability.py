@@ -117,6 +117,11 @@ def test_gc_removes_dead_temporaries_stale_layouts_and_old_unreferenced_blobs_on
     (orphan_layout / "x").write_text("x")
     dead_materialize = settings.home / "adapters" / f".materialize-{dead_pid}-zz"
     dead_materialize.mkdir()
+    killed_install = tmp_path / f".other.patchctl-tmp-{dead_pid}-0a1b2c3d"  # beside a recorded --out
+    killed_install.mkdir()
+    (killed_install / "model.safetensors").write_bytes(b"\0" * 100)
+    live_install = tmp_path / f".other.patchctl-tmp-{os.getpid()}-0a1b2c3d"
+    live_install.mkdir()
 
     dry = gc(settings, dry_run=True)
     kinds = sorted((i.kind, Path(i.path).name) for i in dry.removed)
@@ -126,6 +131,7 @@ def test_gc_removes_dead_temporaries_stale_layouts_and_old_unreferenced_blobs_on
             ("blob", stray.name),
             ("layout", orphan_layout.name),
             ("temporary", dead_materialize.name),
+            ("temporary", killed_install.name),
         ]
     )
     assert stray.exists() and orphan_layout.exists()  # a dry run removes nothing
@@ -133,7 +139,7 @@ def test_gc_removes_dead_temporaries_stale_layouts_and_old_unreferenced_blobs_on
     assert r.code == 0, r.stderr
     assert json.loads(r.stdout)["bytes"] == dry.bytes
     assert not stray.exists() and not orphan_layout.exists() and not dead_materialize.exists()
-    assert live.exists() and fresh.exists()
+    assert live.exists() and fresh.exists() and live_install.exists() and not killed_install.exists()
     # every referenced blob and the live layout are still there, and intact
     assert verify(settings).ok
     for f in pushed.version.files:
