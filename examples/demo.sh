@@ -30,7 +30,7 @@ step patchctl base list
 # 3. check the patch against θ′ (headers only), then install θ′ + Δθ
 step patchctl check demo/pico-sst2@stable --onto "$MODELS/pico-llama-v2"
 step patchctl install demo/pico-sst2@stable --onto "$MODELS/pico-llama-v2" --out "$OUT/pico-llama-v2-sst2" --dry-run
-step patchctl install demo/pico-sst2@stable --onto "$MODELS/pico-llama-v2" --out "$OUT/pico-llama-v2-sst2" --force
+step patchctl install demo/pico-sst2@stable --onto "$MODELS/pico-llama-v2" --out "$OUT/pico-llama-v2-sst2" --overwrite
 step python examples/verify_install.py "$OUT/pico-llama-v2-sst2" "$MODELS/pico-llama-v2" "$MODELS/pico-llama-lora"
 
 # 4. share it: publish to a directory remote, pull it into a second catalog

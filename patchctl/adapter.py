@@ -179,7 +179,7 @@ def read_adapter(adapter_dir: Path) -> AdapterLayout:
     try:
         header = read_safetensors_header(weights)
     except Exception as exc:  # InvalidInputError or OSError: report as an adapter problem
-        raise AdapterError(f"{weights}: {exc}") from None
+        raise AdapterError(str(exc) if str(weights) in str(exc) else f"{weights}: {exc}") from None
     return layout_from_header(adapter_dir, config, header)
 
 

@@ -16,6 +16,7 @@ plain records (:mod:`patchctl.registry.records` or the dataclasses below).
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +27,8 @@ from pathlib import Path
 
 from patchctl import __version__
 from patchctl._fs import sha256_file
+from patchctl._text import check_text
+from patchctl.adapter import AdapterLayout
 from patchctl.errors import AdapterError, InvalidInputError, NotFoundError
 from patchctl.registry.blobs import BlobStore, materialize
 from patchctl.registry.db import SchemaState, make_engine, schema_state, upgrade
@@ -79,6 +82,7 @@ __all__ = [
     "base_list",
     "catalog",
     "check",
+    "checked_adapter",
     "ci",
     "ci_plan",
     "db_current",
@@ -229,6 +233,40 @@ def read_base(
         return read_local_base(base_dir, revision=revision, progress=progress, hash_cache=cache)
 
 
+def checked_adapter(adapter_dir: Path) -> AdapterLayout:
+    """Read an adapter that is about to become an immutable version (push, pull) and refuse it
+    (exit 4) unless it is complete: a plain LoRA config with finite numbers, a safetensors header
+    that is valid against the file (contiguous, in bounds, exact size), paired LoRA tensors, and
+    every value floating and finite."""
+    from patchctl.adapter import read_adapter
+    from patchctl.checks._tensors import FLOAT_DTYPES, nonfinite_count
+
+    layout = read_adapter(adapter_dir)
+    if layout.problems:
+        raise AdapterError(f"{adapter_dir}: " + "; ".join(layout.problems))
+    if not layout.pairs and not layout.replacements:
+        raise AdapterError(f"{adapter_dir}: {ADAPTER_WEIGHTS} holds no LoRA tensors")
+    for p in layout.pairs:
+        r = layout.config.rank_for(p.module)
+        if len(p.a_shape) != 2 or len(p.b_shape) != 2 or p.a_shape[0] != r or p.b_shape[1] != r:
+            raise AdapterError(
+                f"{adapter_dir}: {p.module}: A{list(p.a_shape)} / B{list(p.b_shape)} disagree with r={r} "
+                "(A must be [r, in], B [out, r])"
+            )
+    bad: list[str] = []
+    for key, info in sorted(layout.header.items()):
+        if key == "__metadata__":
+            continue
+        if info["dtype"] not in FLOAT_DTYPES:
+            raise AdapterError(f"{layout.weights_path}: tensor {key!r} is {info['dtype']}, not floating point")
+        if nonfinite_count(layout.weights_path, info):
+            bad.append(key)
+    if bad:
+        more = f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise AdapterError(f"{layout.weights_path}: NaN/inf values in {bad[0]}{more}")
+    return layout
+
+
 def prepare_push(
     adapter_dir: Path,
     *,
@@ -245,7 +283,7 @@ def prepare_push(
 ) -> PreparedPush:
     """Stage 1 of push: validate the inputs and build the manifest. Writes nothing (but the
     hash cache of ``settings``, if given)."""
-    from patchctl.adapter import map_to_base, read_adapter
+    from patchctl.adapter import map_to_base
 
     try:
         name = check_patch_name(name)
@@ -254,12 +292,12 @@ def prepare_push(
         raise InvalidInputError(str(exc)) from None
     if not task.strip():
         raise InvalidInputError("--task must not be empty (e.g. 'sst2 sentiment classification')")
+    check_text(task, "--task")
+    check_text(description, "--description", allow_newlines=True)
+    if license is not None:
+        check_text(license, "--license")
     adapter_dir = Path(adapter_dir).expanduser()
-    layout = read_adapter(adapter_dir)
-    if layout.problems:
-        raise AdapterError(f"{adapter_dir}: " + "; ".join(layout.problems))
-    if not layout.pairs and not layout.replacements:
-        raise AdapterError(f"{adapter_dir}: {ADAPTER_WEIGHTS} holds no LoRA tensors")
+    layout = checked_adapter(adapter_dir)
     base_dir = Path(base_dir).expanduser()
     facts = read_base(base_dir, revision=base_revision, show_progress=show_progress, settings=settings)
     mapping = map_to_base(layout, facts.tensors, facts.config)
@@ -325,7 +363,7 @@ def _stage(store: BlobStore, prepared: PreparedPush) -> str:
 def _publish(store: BlobStore, manifest: Manifest, publish: Publisher) -> PublishedCopy:
     """Stage 3: lay the version out in a temporary directory and hand it to the publisher."""
     store.root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="patchctl-publish-", dir=store.root) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"patchctl-publish-{os.getpid()}-", dir=store.root) as tmp:
         staged = materialize(store, manifest.files, Path(tmp) / "patch")
         (staged / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
         return publish(manifest, staged)
@@ -374,6 +412,9 @@ def push(
         if known is not None:
             # identical → no-op; different → ConflictError, before anything is written
             result = cat.add_version(manifest, manifest_sha256=known.manifest_sha256)
+            for f in known.files:  # the same bytes again: a damaged store blob is restored
+                store.put_file(prepared.adapter_dir / f.path, expected_sha256=f.sha256)
+            store.put_bytes(known.manifest.to_json().encode())
             if publish is None:
                 return PushResult(result.version, created=False)
             again = _publish(store, known.manifest, publish)
@@ -578,6 +619,8 @@ def alias_list(settings: Settings, name: str) -> list[AliasInfo]:
 
 
 def yank(settings: Settings, ref: str, version: str | None = None, *, reason: str | None = None) -> VersionInfo:
+    if reason is not None:
+        check_text(reason, "--reason")
     name, v = _name_and_version(ref, version)
     with catalog(settings) as cat:
         return cat.yank(name, v, reason)
@@ -661,7 +704,7 @@ def base_list(settings: Settings, *, limit: int | None = None, cursor: str | Non
 
 
 def db_upgrade(settings: Settings) -> SchemaState:
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, create_dir=settings.uses_default_database)
     try:
         return upgrade(engine)
     finally:
@@ -669,7 +712,7 @@ def db_upgrade(settings: Settings) -> SchemaState:
 
 
 def db_current(settings: Settings) -> SchemaState:
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, create_dir=settings.uses_default_database)
     try:
         return schema_state(engine)
     finally:

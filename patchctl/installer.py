@@ -27,10 +27,11 @@ from patchctl.errors import (
     InvalidInputError,
     NotFoundError,
     RefError,
+    UsageError,
 )
 from patchctl.registry.records import VersionInfo
 from patchctl.schemas.base import BaseFacts
-from patchctl.schemas.manifest import MANIFEST_FILE, Manifest
+from patchctl.schemas.manifest import MANIFEST_FILE, FileEntry, Manifest
 from patchctl.schemas.refs import HubRef, PatchRef, PathRef, RemoteRef, parse_base_ref, parse_patch_ref
 from patchctl.schemas.report import CompatReport
 from patchctl.settings import Settings
@@ -141,6 +142,15 @@ def _patch_source(settings: Settings, text: str, *, progress: bool) -> PatchSour
             raise NotFoundError(f"{adapter_dir}: no such adapter directory")
         mpath = adapter_dir / MANIFEST_FILE
         manifest = Manifest.read(mpath) if mpath.is_file() else None
+        if manifest is not None:
+            from patchctl.registry.blobs import layout_problems
+
+            damaged = layout_problems(adapter_dir, manifest.files)
+            if damaged:
+                raise IntegrityError(
+                    f"{adapter_dir}: the files differ from its {MANIFEST_FILE}: {'; '.join(damaged)}",
+                    hint=f"restore the files, or remove {MANIFEST_FILE} to check the adapter as it is",
+                )
         # an absolute path: the ref lands in reports and provenance, read later from elsewhere
         return PatchSource(str(adapter_dir.resolve()), adapter_dir, manifest, None)
     if isinstance(ref, (HubRef, RemoteRef)):
@@ -160,19 +170,38 @@ def _materialized(settings: Settings, version: VersionInfo) -> Path:
     (hard links to the read-only store files) so the path recorded in an install's
     ``patchctl.json`` stays valid. Laid out in a temporary sibling and renamed into place."""
     from patchctl import api
+    from patchctl.registry.blobs import BlobStore, layout_problems
 
     dest = settings.home / "adapters" / version.content_digest
-    if (dest / MANIFEST_FILE).is_file():
+    wanted = ((MANIFEST_FILE, version.manifest_sha256),)
+    # every file is verified by sha256 before it is used (patches are small next to a merge):
+    # a damaged layout is rebuilt from the store; a damaged store blob is an IntegrityError
+    damaged = layout_problems(dest, version.files, wanted) if dest.exists() else []
+    if dest.exists() and not damaged:
         return dest
+    store = BlobStore(settings.store_dir)
+    for f in (*version.files, FileEntry(path=MANIFEST_FILE, sha256=version.manifest_sha256, size=0)):
+        try:
+            store.verify(f.sha256)
+        except IntegrityError as exc:
+            raise IntegrityError(
+                f"{version.ref}: {f.path}: {exc}; nothing installed",
+                hint="`patchctl verify` lists the damage; pull or push the version again to restore it",
+            ) from None
+    if damaged:
+        log.warning("%s: rebuilding the damaged layout %s (%s)", version.ref, dest, "; ".join(damaged))
     dest.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale_materializations(dest.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f"{_MATERIALIZE_PREFIX}{os.getpid()}-", dir=dest.parent))
     try:
         api.materialize_version(settings, version, tmp / "adapter")
+        if damaged:  # move the damaged layout aside (a concurrent reader keeps its open files)
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(dest, tmp / "damaged")
         try:
             os.rename(tmp / "adapter", dest)
         except OSError:  # another process laid it out first: same content digest, same files
-            if not (dest / MANIFEST_FILE).is_file():
+            if layout_problems(dest, version.files, wanted):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -322,12 +351,15 @@ def install(
     out: Path | None,
     format: InstallFormat = "merged",
     force: bool = False,
+    overwrite: bool = False,
     dry_run: bool = False,
     progress: bool = True,
     on_report: Callable[[CompatReport], None] | None = None,
 ) -> InstallOutcome:
     """Check, then merge ``patch`` onto ``onto`` into ``out`` (or write a rebased adapter).
 
+    ``force`` installs despite failed checks (recorded as forced); ``overwrite`` replaces an
+    existing ``out`` — two separate decisions, so that re-running a script never skips checks.
     ``on_report`` is called with the compat report as soon as the checks have run (before a
     refusal or the merge), so that a caller can show it first.
     """
@@ -338,12 +370,12 @@ def install(
     if format not in ("merged", "adapter"):
         raise InvalidInputError(f"--format {format!r}: expected 'merged' or 'adapter'")
     if out is None and not dry_run:
-        raise InvalidInputError("--out DIR is required (or use --dry-run)")
+        raise UsageError("--out DIR is required (or use --dry-run)")
     if out is not None:
         out = Path(os.path.abspath(Path(out).expanduser()))
-        if not dry_run and not force and (out.exists() or out.is_symlink()):
+        if not dry_run and not overwrite and (out.exists() or out.is_symlink()):
             # fail before fingerprinting the base (minutes for a large one); the engine checks again
-            raise ConflictError(f"{out} already exists", hint="pass --force to replace it")
+            raise ConflictError(f"{out} already exists", hint="pass --overwrite to replace it")
     if format == "merged" and not dry_run:
         _import_merge_engine_in_background()
     target = _target_base(settings, onto, progress=progress)
@@ -384,7 +416,7 @@ def install(
         result = execute_merge(
             plan,
             out,
-            force=force,
+            force=overwrite,
             progress=RichMergeProgress(f"installing {source.ref}") if progress else None,
             provenance=provenance,
             base_weights_sha256=target.facts.weights_sha256,
@@ -395,7 +427,7 @@ def install(
             out,
             base_model_name_or_path=target.hub.repo_id if target.hub else target.facts.source,
             revision=target.facts.revision,
-            force=force,
+            force=overwrite,
             provenance=provenance,
         )
     install_id = None

@@ -61,6 +61,15 @@ class Settings:
         return self.home / "cache" / "sha256"
 
     @property
+    def default_database_url(self) -> str:
+        """The catalog under the home: the only one created (with its directory) on demand."""
+        return f"sqlite:///{(self.home / 'catalog.db').resolve()}"
+
+    @property
+    def uses_default_database(self) -> bool:
+        return self.database_url == self.default_database_url
+
+    @property
     def config_file(self) -> Path:
         return self.home / "config.toml"
 

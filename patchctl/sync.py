@@ -72,13 +72,14 @@ def _remote_and_wanted(settings: Settings, text: str) -> tuple[str, VersionWante
 
 def pull(settings: Settings, text: str, *, progress: bool = True) -> PullResult:
     """Fetch a version from a remote, verify it, store its files and record it with its origin."""
-    from patchctl.api import catalog
+    from patchctl.api import catalog, checked_adapter
     from patchctl.remotes import open_remote
 
     url, wanted, name = _remote_and_wanted(settings, text)
     remote = open_remote(url)
     fetched = remote.fetch(wanted, name=name)
     manifest = fetched.manifest
+    checked_adapter(fetched.dir)  # a damaged or hostile adapter is never recorded (exit 4)
     store = BlobStore(settings.store_dir)
     with catalog(settings) as cat:
         for f in manifest.files:  # verified again while copying into the store

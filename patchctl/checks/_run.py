@@ -36,7 +36,7 @@ def read_adapter_for_checks(adapter_dir: Path) -> AdapterLayout:
     try:
         header = read_safetensors_header(weights)
     except (InvalidInputError, OSError) as exc:
-        raise AdapterError(f"{weights}: {exc}") from None
+        raise AdapterError(str(exc) if str(weights) in str(exc) else f"{weights}: {exc}") from None
     return layout_from_header(adapter_dir, config, header)
 
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
-from math import prod
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from patchctl.bases import header_length
+from patchctl.bases import ITEMSIZE, header_length, tensor_nbytes
 from patchctl.errors import InvalidInputError
 
 __all__ = [
@@ -27,13 +26,6 @@ __all__ = [
     "tensor_span",
 ]
 
-#: safetensors dtype → bytes per value (the dtypes safetensors defines)
-ITEMSIZE: dict[str, int] = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "F4": 1, "F6_E2M3": 1, "F6_E3M2": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8,
-}  # fmt: skip
 #: the floating dtypes patchctl decodes (and merges)
 FLOAT_DTYPES: dict[str, str] = {"BF16": "<u2", "F16": "<f2", "F32": "<f4", "F64": "<f8"}
 _CHUNK_VALUES = 4 * 1024 * 1024
@@ -49,7 +41,7 @@ def tensor_span(path: Path, info: Mapping[str, Any], *, file_size: int | None = 
     begin, end = int(offsets[0]), int(offsets[1])
     if dtype not in ITEMSIZE:
         raise InvalidInputError(f"{path}: unknown safetensors dtype {dtype!r}")
-    expected = prod(shape) * ITEMSIZE[dtype]
+    expected = tensor_nbytes(dtype, shape)
     if begin < 0 or end < begin or end - begin != expected:
         raise InvalidInputError(
             f"{path}: data_offsets [{begin}, {end}] do not hold {dtype}{list(shape)} ({expected} bytes)"

@@ -51,12 +51,26 @@ def _register() -> None:
     from patchctl.cli import evaluate as _evaluate
     from patchctl.cli import install as _install
     from patchctl.cli import lineage as _lineage
+    from patchctl.cli import maintenance as _maintenance
     from patchctl.cli import patches as _patches
     from patchctl.cli import remote as _remote
     from patchctl.cli import resolve as _resolve
     from patchctl.cli import schema as _schema
 
-    for module in (_schema, _patches, _alias, _base, _db, _install, _remote, _config, _resolve, _lineage, _evaluate):
+    for module in (
+        _schema,
+        _patches,
+        _alias,
+        _base,
+        _db,
+        _install,
+        _remote,
+        _config,
+        _resolve,
+        _lineage,
+        _evaluate,
+        _maintenance,
+    ):
         for command in module.COMMANDS:
             cli.add_command(command)
 

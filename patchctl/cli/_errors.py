@@ -13,7 +13,8 @@ from typing import Any
 import click
 
 from patchctl._secrets import redact
-from patchctl.errors import EXIT_INTERRUPTED, EXIT_USAGE, PatchctlError
+from patchctl._text import escape_controls
+from patchctl.errors import EXIT_INTERRUPTED, EXIT_USAGE, PatchctlError, os_error
 
 __all__ = ["run_with_error_handling"]
 
@@ -29,9 +30,9 @@ def run_with_error_handling(cli: click.Command, args: list[str] | None = None, *
     except PatchctlError as exc:
         if _debug():
             traceback.print_exc()
-        click.echo(f"error: {redact(exc.message)}", err=True)
+        click.echo(f"error: {escape_controls(redact(exc.message))}", err=True)
         if exc.hint:
-            click.echo(f"hint: {redact(exc.hint)}", err=True)
+            click.echo(f"hint: {escape_controls(redact(exc.hint))}", err=True)
         return exc.exit_code
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
@@ -46,8 +47,22 @@ def run_with_error_handling(cli: click.Command, args: list[str] | None = None, *
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        known = os_error(exc)
+        if known is None:
+            return _bug()
+        if _debug():
+            traceback.print_exc()
+        click.echo(f"error: {escape_controls(redact(known.message))}", err=True)
+        if known.hint:
+            click.echo(f"hint: {known.hint}", err=True)
+        return known.exit_code
     except Exception:
-        click.echo(redact(traceback.format_exc()), err=True, nl=False)
-        click.echo("error: internal error (a bug in patchctl; please report it with the traceback above)", err=True)
-        return 1
+        return _bug()
     return int(rv) if isinstance(rv, int) else 0
+
+
+def _bug() -> int:
+    click.echo(redact(traceback.format_exc()), err=True, nl=False)
+    click.echo("error: internal error (a bug in patchctl; please report it with the traceback above)", err=True)
+    return 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
@@ -11,6 +12,8 @@ from typing import Any, TypeVar
 
 import click
 from pydantic import BaseModel
+
+from patchctl._text import escape_controls
 
 __all__ = ["err_console", "json_option", "out_console", "print_json", "print_table", "to_jsonable", "warn"]
 
@@ -22,8 +25,12 @@ def json_option(f: F) -> F:
 
 
 def to_jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON data; a non-finite float becomes the string ``"NaN"``/``"Infinity"``/
+    ``"-Infinity"`` (bare ``NaN`` is not JSON: every ``--json`` output must parse)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "NaN" if math.isnan(obj) else ("Infinity" if obj > 0 else "-Infinity")
     if isinstance(obj, BaseModel):
-        return obj.model_dump(mode="json")
+        return to_jsonable(obj.model_dump(mode="json"))
     if hasattr(obj, "__dataclass_fields__"):
         return {k: to_jsonable(getattr(obj, k)) for k in obj.__dataclass_fields__}
     if isinstance(obj, dict):
@@ -38,7 +45,7 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n")
+    sys.stdout.write(json.dumps(to_jsonable(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def out_console() -> Any:
@@ -55,14 +62,17 @@ def err_console() -> Any:
 
 def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None) -> None:
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title, show_edge=False, header_style="bold")
+    table = Table(title=None if title is None else Text(escape_controls(title)), show_edge=False, header_style="bold")
     for column in columns:
         table.add_column(column, overflow="fold")  # never cut a digest or a path short
     for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
+        # catalog text (tasks, reasons, paths, remote manifests) is data: no rich markup, no
+        # control characters reach the terminal
+        table.add_row(*(Text("" if v is None else escape_controls(str(v))) for v in row))
     out_console().print(table)
 
 
 def warn(message: str) -> None:
-    click.echo(f"warning: {message}", err=True)
+    click.echo(f"warning: {escape_controls(message)}", err=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from patchctl import api
+from patchctl._text import escape_controls
 from patchctl.cli._output import json_option, print_json, print_table
 from patchctl.cli.patches import limit_option, next_page
 from patchctl.errors import InvalidInputError
@@ -66,7 +67,7 @@ def base_add_cmd(
             settings, Path(base_dir), revision=revision, parents=parents, relation=relation, show_progress=not as_json
         )
     what = "recorded" if res.created else "already known:"
-    click.echo(f"{what} base {res.base.weights_sha256[:12]} ({res.base.source})", err=True)
+    click.echo(f"{what} base {res.base.weights_sha256[:12]} ({escape_controls(res.base.source)})", err=True)
     for e in res.edges:
         click.echo(f"  {e.child[:12]} --{e.relation}--> {e.parent[:12]}", err=True)
     if as_json:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from patchctl import api
+from patchctl._text import escape_controls
 from patchctl.cli._output import err_console, json_option, print_json, print_table, to_jsonable
 from patchctl.errors import PatchctlError
 from patchctl.schemas.report import CompatReport
@@ -21,13 +22,15 @@ def render_report(report: CompatReport, *, to_stderr: bool = False) -> None:
     """The report as a table (stdout for `check`, stderr for `install`)."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table("CHECK", "RESULT", "DETAIL", show_edge=False, header_style="bold")
     for r in report.results:
-        table.add_row(r.name, _STYLE.get(r.status, r.status), r.detail)
+        table.add_row(Text(escape_controls(r.name)), _STYLE.get(r.status, r.status), Text(escape_controls(r.detail)))
     console = Console(stderr=to_stderr, soft_wrap=False)
     console.print(table)
-    console.print(report.summary(), markup=False, highlight=False, soft_wrap=True)  # one greppable line
+    # one greppable line
+    console.print(escape_controls(report.summary()), markup=False, highlight=False, soft_wrap=True)
 
 
 def report_json(report: CompatReport) -> dict[str, object]:
@@ -80,19 +83,29 @@ def check_cmd(settings: Settings, patch: str, onto: str, drift: bool, source_bas
     show_default=True,
     help="merged: full model with the patch merged in; adapter: the PEFT adapter rebased onto the new base.",
 )
-@click.option("--force", is_flag=True, help="Install despite failed checks (logged) and replace an existing --out.")
+@click.option("--force", is_flag=True, help="Install despite failed checks (recorded as forced).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out (checks still apply).")
 @click.option("--dry-run", is_flag=True, help="Print the check report and the merge plan; write nothing.")
 @json_option
 @click.pass_obj
 def install_cmd(
-    settings: Settings, patch: str, onto: str, out: Path | None, fmt: str, force: bool, dry_run: bool, as_json: bool
+    settings: Settings,
+    patch: str,
+    onto: str,
+    out: Path | None,
+    fmt: str,
+    force: bool,
+    overwrite: bool,
+    dry_run: bool,
+    as_json: bool,
 ) -> None:
     """Check PATCH against the base --onto, then write it merged into --out (θ′ + Δθ).
 
     The merge streams one tensor at a time (constant memory), copies untouched tensors without
     decoding, and equals PEFT's merge_and_unload bit for bit. The output appears atomically;
     patchctl.json in it records the patch, the base fingerprint and every file's sha256.
-    Checks that fail stop the install (exit 21) unless --force.
+    Checks that fail stop the install (exit 21) unless --force; an existing --out is kept
+    (exit 5) unless --overwrite.
     """
     try:
         outcome = api.install(
@@ -102,6 +115,7 @@ def install_cmd(
             out=out,
             format=fmt,  # type: ignore[arg-type]
             force=force,
+            overwrite=overwrite,
             dry_run=dry_run,
             progress=not as_json,
             # shown as soon as the checks ran: before a refusal or the merge's progress bar
@@ -163,8 +177,10 @@ def install_cmd(
         else f"rebased adapter ({len(res['files'])} files)"
     )
     err_console().print(
-        f"installed {outcome.check.patch} onto {outcome.check.base}: {what}, "
-        f"{res['bytes_written']} bytes in {res['seconds']} s",
+        escape_controls(
+            f"installed {outcome.check.patch} onto {outcome.check.base}: {what}, "
+            f"{res['bytes_written']} bytes in {res['seconds']} s"
+        ),
         markup=False,
         highlight=False,
     )

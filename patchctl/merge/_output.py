@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import re
@@ -65,11 +66,24 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _tmp_stem(name: str) -> str:
+    """The output's name as it appears in its temporary siblings' names: short enough that
+    ``.<stem>.patchctl-tmp-<pid>-<hex>`` fits any file system's 255-byte limit whatever the
+    output's own name length (a long name keeps a prefix and a digest of the whole)."""
+    if len(name.encode()) <= 64:
+        return name
+    import hashlib
+
+    head = name.encode()[:40].decode("utf-8", "ignore")
+    return f"{head}~{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+
+
 def _clean_stale(parent: Path, name: str) -> None:
     """Remove temporary siblings left by installs that were killed (their process is gone)."""
-    for entry in parent.glob(f".{name}.patchctl-*"):
+    stem = _tmp_stem(name)
+    for entry in parent.glob(f".{glob.escape(stem)}.patchctl-*"):
         m = _TMP.match(entry.name)
-        if m and m["name"] == name and not pid_alive(int(m["pid"])):
+        if m and m["name"] == stem and not pid_alive(int(m["pid"])):
             _remove(entry)
 
 
@@ -95,19 +109,19 @@ def atomic_output_dir(out_dir: Path, *, force: bool, protect: tuple[Path, ...] =
         if out_dir == rp or _is_within(rp, out_dir) or _is_within(out_dir, rp):
             raise InvalidInputError(f"{out_dir}: the output directory must be outside {rp} (and not contain it)")
     if (out_dir.exists() or out_dir.is_symlink()) and not force:
-        raise ConflictError(f"{out_dir} already exists", hint="pass --force to replace it")
+        raise ConflictError(f"{out_dir} already exists", hint="pass --overwrite to replace it")
     parent = out_dir.parent
     parent.mkdir(parents=True, exist_ok=True)
     _clean_stale(parent, out_dir.name)
-    tmp = parent / f".{out_dir.name}.patchctl-tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = parent / f".{_tmp_stem(out_dir.name)}.patchctl-tmp-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()
     try:
         yield tmp
         fsync_dir(tmp)
         if out_dir.exists() or out_dir.is_symlink():
             if not force:
-                raise ConflictError(f"{out_dir} already exists", hint="pass --force to replace it")
-            old = parent / f".{out_dir.name}.patchctl-old-{os.getpid()}-{secrets.token_hex(4)}"
+                raise ConflictError(f"{out_dir} already exists", hint="pass --overwrite to replace it")
+            old = parent / f".{_tmp_stem(out_dir.name)}.patchctl-old-{os.getpid()}-{secrets.token_hex(4)}"
             os.rename(out_dir, old)
             try:
                 os.rename(tmp, out_dir)

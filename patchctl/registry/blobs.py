@@ -9,24 +9,57 @@ harmless: nothing lists the store, and the next push of the same bytes reuses th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from patchctl._fs import CHUNK, fsync_dir, sha256_file
+from patchctl._fs import CHUNK, fsync_dir, pid_alive, sha256_file
 from patchctl.errors import IntegrityError, NotFoundError
 from patchctl.schemas._common import check_safe_relpath
 from patchctl.schemas.manifest import FileEntry
 
-__all__ = ["BlobStore", "materialize"]
+__all__ = ["BlobStore", "layout_problems", "materialize"]
+
+#: a temporary of the store (``blob.<pid>.<random>.tmp``) or of a publish (``patchctl-publish-<pid>-...``)
+_TMP_PID = re.compile(r"^(?:blob\.|patchctl-publish-)(?P<pid>\d+)[.-]")
+#: temporaries without a pid (written by older patchctl) are stale after this many seconds
+LEGACY_TMP_AGE_S = 24 * 3600
+
+
+def _stale_temporary(name: str, path: Path | None = None) -> bool:
+    m = _TMP_PID.match(name)
+    if m:
+        return not pid_alive(int(m["pid"]))
+    if name.startswith("blob.") and name.endswith(".tmp") and path is not None:
+        with contextlib.suppress(OSError):
+            return time.time() - path.stat().st_mtime > LEGACY_TMP_AGE_S
+    return False
+
+
+def _listdir(path: Path) -> list[Path]:
+    try:
+        return list(path.iterdir())
+    except OSError:
+        return []
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._cleaned = False
 
     def path(self, sha256: str) -> Path:
         return self.root / "sha256" / sha256[:2] / sha256
@@ -37,7 +70,39 @@ class BlobStore:
     def _tmpdir(self) -> Path:
         tmp = self.root / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
+        if not self._cleaned:  # opportunistically, once per process: killed writers' leftovers
+            self._cleaned = True
+            self.clean_stale_temporaries()
         return tmp
+
+    @staticmethod
+    def _tmp_prefix() -> str:
+        # the writer's pid in the name: `patchctl gc` (and every store write) removes the
+        # temporaries of killed processes, never a live one's
+        return f"blob.{os.getpid()}."
+
+    def clean_stale_temporaries(self, *, dry_run: bool = False) -> list[Path]:
+        """Remove (or with ``dry_run`` only list) temporaries left by killed writers."""
+        stale: list[Path] = []
+        entries = [*_listdir(self.root / "tmp"), *(e for e in _listdir(self.root) if e.name.startswith("patchctl-"))]
+        for entry in entries:
+            if _stale_temporary(entry.name, entry):
+                stale.append(entry)
+                if not dry_run:
+                    _remove(entry)
+        return stale
+
+    def _intact(self, sha256: str) -> bool:
+        """The blob exists with the bytes its name says (a damaged one is then replaced by the
+        caller's fresh copy). Its mtime is refreshed, so that `gc` sees it as recently used."""
+        path = self.path(sha256)
+        if not path.is_file():
+            return False
+        if sha256_file(path) != sha256:
+            return False
+        with contextlib.suppress(OSError):
+            os.utime(path)
+        return True
 
     def put_file(self, src: Path, expected_sha256: str | None = None) -> tuple[str, int]:
         """Copy ``src`` into the store, hashing while copying. Returns ``(sha256, size)``.
@@ -45,9 +110,9 @@ class BlobStore:
         Raises :class:`IntegrityError` when the bytes do not hash to ``expected_sha256`` (the
         file changed after it was hashed); nothing is left behind then.
         """
-        if expected_sha256 is not None and self.has(expected_sha256):
+        if expected_sha256 is not None and self._intact(expected_sha256):
             return expected_sha256, self.path(expected_sha256).stat().st_size
-        fd, tmp_name = tempfile.mkstemp(prefix="blob.", suffix=".tmp", dir=self._tmpdir())
+        fd, tmp_name = tempfile.mkstemp(prefix=self._tmp_prefix(), suffix=".tmp", dir=self._tmpdir())
         tmp = Path(tmp_name)
         try:
             h = hashlib.sha256()
@@ -69,9 +134,9 @@ class BlobStore:
 
     def put_bytes(self, data: bytes) -> str:
         sha = hashlib.sha256(data).hexdigest()
-        if self.has(sha):
+        if self._intact(sha):
             return sha
-        fd, tmp_name = tempfile.mkstemp(prefix="blob.", suffix=".tmp", dir=self._tmpdir())
+        fd, tmp_name = tempfile.mkstemp(prefix=self._tmp_prefix(), suffix=".tmp", dir=self._tmpdir())
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as out:
@@ -85,7 +150,7 @@ class BlobStore:
 
     def _publish(self, tmp: Path, sha: str) -> None:
         dest = self.path(sha)
-        if dest.is_file():  # same bytes already stored (another process won the race)
+        if dest.is_file() and sha256_file(dest) == sha:  # same bytes already stored (another process won)
             return
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(tmp, 0o444)
@@ -138,3 +203,20 @@ def materialize(
                 pass
         shutil.copyfile(blob, target)
     return dest
+
+
+def layout_problems(dest: Path, files: Iterable[FileEntry], extra: Iterable[tuple[str, str]] = ()) -> list[str]:
+    """What is wrong with a laid-out version in ``dest``: each file of ``files`` (and each
+    ``(path, sha256)`` of ``extra``, e.g. patch.json) must be a regular file with that sha256.
+    Empty when the layout can be used. Patch files are small: they are re-hashed every time."""
+    problems: list[str] = []
+    wanted = [(f.path, f.sha256) for f in files] + list(extra)
+    for rel, sha in wanted:
+        path = Path(dest) / rel
+        if path.is_symlink() or not path.is_file():
+            problems.append(f"{rel}: missing")
+            continue
+        actual = sha256_file(path)
+        if actual != sha:
+            problems.append(f"{rel}: sha256 {actual[:12]}, expected {sha[:12]}")
+    return problems

@@ -12,6 +12,9 @@ instead of failing on a stale read snapshot.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,14 +31,18 @@ __all__ = [
     "check_schema",
     "head_revision",
     "make_engine",
+    "migration_lock",
     "normalize_url",
     "redacted_url",
     "schema_state",
+    "sqlite_path",
     "upgrade",
     "upgrade_command",
 ]
 
 BUSY_TIMEOUT_S = 30
+#: pg_advisory_lock key of catalog migrations (any constant: "patchctl" in ASCII)
+_PG_LOCK_KEY = 0x7061746368637466
 #: execution option that makes a SQLite transaction start with BEGIN IMMEDIATE
 WRITE_OPTION = "patchctl_write"
 
@@ -87,12 +94,29 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for the catalog; a SQLite file's directory is created if missing."""
+def sqlite_path(url: str | URL) -> Path | None:
+    """The file of a SQLite catalog URL (None for in-memory databases and other backends)."""
+    u = url if isinstance(url, URL) else make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:" or u.database.startswith("file:"):
+        return None
+    return Path(u.database).expanduser()
+
+
+def make_engine(url: str, *, create_dir: bool = False) -> Engine:
+    """An engine for the catalog. A SQLite file's directory must exist, unless ``create_dir``
+    (the default catalog under the home, created on first use): a mistyped ``--db`` path is an
+    error, not a new empty catalog somewhere."""
     u = normalize_url(url)
     if u.get_backend_name() == "sqlite":
-        if u.database and u.database != ":memory:" and not u.database.startswith("file:"):
-            Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_path(u)
+        if path is not None:
+            if create_dir:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            elif not path.parent.is_dir():
+                raise CatalogError(
+                    f"cannot open the catalog {redacted_url(u)}: the directory {path.parent} does not exist",
+                    hint="check the --db / PATCHCTL_DATABASE_URL path (only the default catalog is created on demand)",
+                )
         engine = create_engine(u, connect_args={"timeout": BUSY_TIMEOUT_S})
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
@@ -153,8 +177,52 @@ def schema_state(engine: Engine) -> SchemaState:
     return SchemaState(url=redacted_url(engine.url), current=current, head=head_revision(), empty=not tables)
 
 
+@contextmanager
+def migration_lock(engine: Engine) -> Iterator[None]:
+    """Serialise creating and migrating a catalog between processes: an exclusive lock on
+    ``<catalog file>.lock`` for SQLite, a session advisory lock for PostgreSQL. Eight commands
+    started at once on a brand-new home then see one creator and seven up-to-date catalogs."""
+    backend = engine.url.get_backend_name()
+    path = sqlite_path(engine.url)
+    if backend == "sqlite" and path is not None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: SQLite's own locking only
+            yield
+            return
+        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+        return
+    if backend == "postgresql":
+        try:
+            conn = engine.connect()
+        except OperationalError as exc:
+            raise _connect_error(engine, exc) from None
+        try:
+            conn.exec_driver_sql(f"SELECT pg_advisory_lock({_PG_LOCK_KEY})")
+            conn.commit()
+            yield
+        finally:
+            with suppress(SQLAlchemyError):
+                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_PG_LOCK_KEY})")
+                conn.commit()
+            conn.close()
+        return
+    yield
+
+
 def upgrade(engine: Engine, revision: str = "head") -> SchemaState:
-    """Apply migrations up to ``revision`` (default: this patchctl's head)."""
+    """Apply migrations up to ``revision`` (default: this patchctl's head), under
+    :func:`migration_lock` (a concurrent upgrade waits, then finds nothing to do)."""
+    with migration_lock(engine):
+        return _upgrade_locked(engine, revision)
+
+
+def _upgrade_locked(engine: Engine, revision: str) -> SchemaState:
     from alembic import command
 
     state = schema_state(engine)
@@ -186,8 +254,14 @@ def check_schema(engine: Engine, *, auto_create: bool) -> SchemaState:
     state = schema_state(engine)
     if state.up_to_date:
         return state
-    if state.current is None and state.empty and auto_create:
-        return upgrade(engine)
+    if auto_create:
+        # another process may be creating it right now: wait for it, then look again
+        with migration_lock(engine):
+            state = schema_state(engine)
+            if state.up_to_date:
+                return state
+            if state.current is None and state.empty:
+                return _upgrade_locked(engine, "head")
     cmd = upgrade_command(engine.url)
     if state.current is None and not state.empty:
         raise CatalogError(

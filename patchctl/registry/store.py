@@ -1221,7 +1221,7 @@ def open_catalog(settings: Settings, *, auto_create: bool | None = None) -> Cata
     migrated to head on first use; PostgreSQL catalogs are migrated explicitly with
     ``patchctl db upgrade``.
     """
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, create_dir=settings.uses_default_database)
     if auto_create is None:
         auto_create = engine.url.get_backend_name() == "sqlite"
     try:

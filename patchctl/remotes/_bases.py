@@ -29,6 +29,7 @@ from patchctl.bases import (
     base_facts_from_parts,
     header_length,
     parse_safetensors_header,
+    validate_safetensors_header,
 )
 from patchctl.errors import InvalidInputError, UnsupportedError
 from patchctl.remotes._hf import hf_cache_dir, hf_endpoint, hub_errors, resolve_token
@@ -93,7 +94,9 @@ class _HubBase:
                     break
         return bytes(out[:length] if length is not None else out)
 
-    def header(self, commit: str, filename: str) -> dict[str, Any]:
+    def header(self, commit: str, filename: str, *, file_size: int | None = None) -> dict[str, Any]:
+        """The file's safetensors header (range reads); validated against ``file_size`` when the
+        Hub lists one (a truncated upload is refused like a truncated local file)."""
         source = f"{self.what}/{filename}"
         head = self.read(commit, filename, length=_FIRST_READ)
         if len(head) < 8:
@@ -103,7 +106,10 @@ class _HubBase:
             raise InvalidInputError(f"{source}: not a safetensors file (header length {n} is implausible)")
         if len(head) < 8 + n:
             head += self.read(commit, filename, start=len(head), length=8 + n - len(head))
-        return parse_safetensors_header(head[: 8 + n], source=source)
+        header = parse_safetensors_header(head[: 8 + n], source=source)
+        if file_size:
+            validate_safetensors_header(header, data_size=file_size - 8 - n, source=source)
+        return header
 
     def json_file(self, commit: str, filename: str) -> dict[str, Any]:
         raw = self.read(commit, filename)
@@ -157,8 +163,8 @@ def remote_base_facts(ref: HubRef, *, token: str | None = None, endpoint: str | 
     headers = {}
     for name in names:
         s = siblings[name]
-        headers[name] = hub.header(commit, name)
         size = s.size if s.size is not None else (s.lfs.size if s.lfs is not None else 0)
+        headers[name] = hub.header(commit, name, file_size=int(size) or None)
         files.append((name, hub.sha256(commit, s), int(size)))
     tok = [(n, hub.sha256(commit, siblings[n])) for n in TOKENIZER_FILES if n in siblings]
     # token ids need the tokenizer files themselves (small next to the weights)

@@ -36,6 +36,8 @@ _KNOWN_KEYS = {
     "peft_version", "runtime_config", "ensure_weight_tying", "lora_ga_config",
 }  # fmt: skip
 # known keys that select a LoRA variant whose merge differs from W + s·B·A
+#: the largest |lora_alpha| accepted: far above any trained adapter's, far below an overflow
+MAX_ALPHA = 1e6
 _VARIANT_KEYS = ("arrow_config", "use_bdlora", "kasa_config", "monteclora_config", "velora_config")
 #: ``init_lora_weights`` values whose init leaves the base as it is (checked in PEFT 0.21.2's
 #: ``LoraLayer.update_layer``: they only set A and B, which the saved weights then overwrite)
@@ -48,7 +50,8 @@ _BASE_REWRITING_INITS = ("pissa", "olora", "corda", "lora_ga", "loftq")
 class AdapterConfig(BaseModel):
     """The parts of a PEFT adapter config that patchctl reads. Frozen; unknown keys ignored."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    # allow_inf_nan=False: ``"lora_alpha": Infinity`` would merge a model of inf/NaN (issue 8)
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
     peft_type: str
     task_type: str | None = None
@@ -87,6 +90,29 @@ class AdapterConfig(BaseModel):
     def _bias(cls, v: str) -> str:
         if v not in ("none", "all", "lora_only"):
             raise ValueError("must be 'none', 'all' or 'lora_only'")
+        return v
+
+    @field_validator("lora_alpha")
+    @classmethod
+    def _alpha_in_range(cls, v: float) -> float:
+        if abs(v) > MAX_ALPHA:
+            raise ValueError(f"must be finite and at most {MAX_ALPHA:g} in magnitude")
+        return v
+
+    @field_validator("alpha_pattern")
+    @classmethod
+    def _alphas_in_range(cls, v: dict[str, float]) -> dict[str, float]:
+        for key, alpha in v.items():
+            if not math.isfinite(alpha) or abs(alpha) > MAX_ALPHA:
+                raise ValueError(f"{key!r}: {alpha!r} must be finite and at most {MAX_ALPHA:g} in magnitude")
+        return v
+
+    @field_validator("rank_pattern")
+    @classmethod
+    def _ranks_positive(cls, v: dict[str, int]) -> dict[str, int]:
+        for key, rank in v.items():
+            if rank <= 0:
+                raise ValueError(f"{key!r}: rank {rank} must be positive")
         return v
 
     @property
@@ -177,15 +203,26 @@ class AdapterConfig(BaseModel):
         return alpha / math.sqrt(r) if self.use_rslora else alpha / r  # as PEFT: math.sqrt, not r**0.5
 
 
+class _NonFinite(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    """``json.loads`` hook for ``NaN``/``Infinity``/``-Infinity`` (not JSON, but Python writes them)."""
+    raise _NonFinite(f"non-finite number {name} (every number in the config must be finite)")
+
+
 def read_adapter_config(adapter_dir: Path) -> AdapterConfig:
     """Read ``adapter_config.json`` of a PEFT adapter directory; raise AdapterError if unusable."""
     path = Path(adapter_dir) / ADAPTER_CONFIG
     if not path.is_file():
         raise AdapterError(f"{adapter_dir}: no {ADAPTER_CONFIG} (is this a PEFT adapter directory?)")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AdapterError(f"{path}: not valid JSON ({exc})") from None
+        raw = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+    except _NonFinite as exc:
+        raise AdapterError(f"{path}: {exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise AdapterError(f"{path}: not valid JSON ({type(exc).__name__}: {exc})") from None
     if not isinstance(raw, dict):
         raise AdapterError(f"{path}: expected a JSON object")
     if "peft_type" not in raw:

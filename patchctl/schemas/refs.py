@@ -97,6 +97,14 @@ class PathRef:
 BaseRef = PathRef | HubRef
 
 
+def _expand(text: str) -> Path:
+    """``~`` and ``~user`` expanded; an unknown user (``~0``) is a clean RefError, not a RuntimeError."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        raise RefError(f"{text!r}: cannot expand the home directory of {text.split('/', 1)[0]!r}") from None
+
+
 def _is_path(text: str) -> bool:
     return text.startswith(("/", "./", "../", "~")) or text in (".", "..")
 
@@ -132,7 +140,7 @@ def parse_patch_ref(text: str) -> PatchRef | HubRef | RemoteRef | PathRef:
     if text.startswith("file://"):
         return _parse_file(text)
     if _is_path(text):
-        return PathRef(Path(text).expanduser())
+        return PathRef(_expand(text))
     head, spec = _split_spec(text)
     version = alias = None
     if "@" in head:
@@ -185,4 +193,4 @@ def parse_base_ref(text: str) -> PathRef | HubRef:
         return ref
     if not text:
         raise RefError("empty base reference")
-    return PathRef(Path(text).expanduser())
+    return PathRef(_expand(text))

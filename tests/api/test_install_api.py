@@ -15,7 +15,14 @@ from hubserver import HubServer
 from safetensors.torch import load_file
 
 from patchctl import api
-from patchctl.errors import CheckFailedError, ConflictError, InvalidInputError, NotFoundError, UnsupportedError
+from patchctl.errors import (
+    CheckFailedError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    UnsupportedError,
+    UsageError,
+)
 from patchctl.settings import Settings
 
 NAME = "acme/sst2"
@@ -236,7 +243,10 @@ def test_existing_out_is_refused_then_replaced_with_force(
     # refused before any work: even a base that does not exist is not looked at
     with pytest.raises(ConflictError, match="already exists"):
         api.install(local_settings, str(llama_adapter), onto=str(tmp_path / "no-base"), out=out, progress=False)
-    api.install(local_settings, str(llama_adapter), onto=str(pico_llama), out=out, force=True, progress=False)
+    with pytest.raises(ConflictError, match="already exists") as refused:  # --force is for checks only
+        api.install(local_settings, str(llama_adapter), onto=str(pico_llama), out=out, force=True, progress=False)
+    assert refused.value.hint is not None and "--overwrite" in refused.value.hint
+    api.install(local_settings, str(llama_adapter), onto=str(pico_llama), out=out, overwrite=True, progress=False)
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "out"]
 
@@ -285,7 +295,7 @@ def test_yanked_pin_installs_with_warning_and_unpinned_is_not_found(
 
 
 def test_bad_arguments(local_settings: Settings, llama_adapter: Path, pico_llama: Path, tmp_path: Path) -> None:
-    with pytest.raises(InvalidInputError, match="--out"):
+    with pytest.raises(UsageError, match="--out"):  # a missing option: exit 2, like click's (issue 8)
         api.install(local_settings, str(llama_adapter), onto=str(pico_llama), out=None, progress=False)
     with pytest.raises(InvalidInputError, match="--format"):
         api.install(

@@ -244,9 +244,12 @@ def test_existing_out_refused_then_replaced(home: Path, llama_adapter: Path, pic
     out.mkdir()
     (out / "precious.txt").write_text("x")
     r = _cli(home, None, "install", llama_adapter, "--onto", pico_llama, "--out", out)
-    assert r.code == 5 and "already exists" in r.stderr and "--force" in r.stderr
+    assert r.code == 5 and "already exists" in r.stderr and "--overwrite" in r.stderr
     assert (out / "precious.txt").exists()
+    # --force is about checks only: it no longer replaces an output (issue 8)
     r = _cli(home, None, "install", llama_adapter, "--onto", pico_llama, "--out", out, "--force")
+    assert r.code == 5 and "already exists" in r.stderr and (out / "precious.txt").exists()
+    r = _cli(home, None, "install", llama_adapter, "--onto", pico_llama, "--out", out, "--overwrite")
     assert r.code == 0, r.stderr
     assert "lineage" in r.stderr and "WARN" in r.stderr  # a bare adapter dir: no manifest, no lineage
     assert not (out / "precious.txt").exists() and (out / "patchctl.json").is_file()
@@ -302,7 +305,7 @@ def test_yanked_versions(
 
 def test_bad_invocations(home: Path, llama_adapter: Path, pico_llama: Path, tmp_path: Path) -> None:
     r = _cli(home, None, "install", llama_adapter, "--onto", pico_llama)
-    assert r.code == 4 and "--out" in r.stderr and "Traceback" not in r.stderr
+    assert r.code == 2 and "--out" in r.stderr and "Traceback" not in r.stderr  # usage errors are 2
     r = _cli(home, None, "install", llama_adapter, "--out", tmp_path / "o")
     assert r.code == 2 and "--onto" in r.stderr
     r = _cli(home, None, "install", llama_adapter, "--onto", pico_llama, "--out", tmp_path / "o", "--format", "gguf")
@@ -310,7 +313,7 @@ def test_bad_invocations(home: Path, llama_adapter: Path, pico_llama: Path, tmp_
     r = _cli(home, None, "check", "acme/nothing", "--onto", pico_llama)
     assert r.code == 3 and r.stdout == ""
     r = _cli(home, None, "check", llama_adapter, "--onto", tmp_path / "no-base")
-    assert r.code in (3, 4) and r.stdout == "" and "Traceback" not in r.stderr
+    assert r.code == 4 and r.stdout == "" and "base directory does not exist" in r.stderr
     r = _cli(home, None, "install", llama_adapter, "--onto", pico_llama, "--out", pico_llama / "inside")
     assert r.code == 4 and "outside" in r.stderr
     assert not (pico_llama / "inside").exists() and not (tmp_path / "o").exists()

@@ -73,7 +73,7 @@ def test_empty_sqlite_is_created_on_first_use(tmp_path: Path) -> None:
 
 
 def test_sqlite_pragmas(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'sub' / 'c.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'sub' / 'c.db'}", create_dir=True)
     try:
         upgrade(engine)  # turns foreign keys off while migrating, and back on
         with engine.connect() as conn:

@@ -654,3 +654,35 @@ def test_remote_commands_do_not_import_torch(
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert "HEAVY=\n" in proc.stderr, (args, proc.stderr)
+
+
+_HUB_FAULTS = [
+    *(
+        (mode, status, "adapter_model.safetensors")
+        for mode, status in (("status", 500), ("status", 502), ("status", 504), ("drop", 200), ("reset", 0))
+    ),
+    ("status", 503, "patch.json"),
+    ("drop", 200, "patch.json"),
+    ("reset", 0, "adapter_config.json"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("side", ["hf"], indirect=True)
+@pytest.mark.parametrize(("mode", "status", "path"), _HUB_FAULTS, ids=[f"{m}-{s}-{p}" for m, s, p in _HUB_FAULTS])
+def test_hub_fault_mid_download_then_retry(published: Side, mode: str, status: int, path: str, tmp_path: Path) -> None:
+    """Issue 8: 5xx, truncated bodies and reset connections on each file of a pull: exit 8 with one
+    line, nothing recorded, the store valid (`patchctl verify` passes); the retry succeeds."""
+    assert published.hub is not None
+    home = tmp_path / "fresh"
+    published.hub.fail_next(20, route="resolve", path_contains=path, mode=mode, status=status or 500)
+    r = cli(home, "pull", published.pull_url + "@1.0.0")
+    assert r.code == 8, (r.code, r.stderr)
+    assert "Traceback" not in r.stderr and len([x for x in r.stderr.splitlines() if x.startswith("error:")]) == 1
+    assert n_versions(home) == 0
+    assert_store_valid(home)
+    assert cli(home, "verify").code == 0
+    published.hub.faults.clear()
+    r = cli(home, "pull", published.pull_url + "@1.0.0")
+    assert r.code == 0, r.stderr
+    assert n_versions(home) == 1 and cli(home, "verify").code == 0

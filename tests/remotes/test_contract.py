@@ -141,7 +141,9 @@ def test_concurrent_publishers_one_wins(harness: Harness, llama_adapter: Path, p
         t.start()
     for t in threads:
         t.join(60)
+    assert not any(t.is_alive() for t in threads), "a publisher hung"
     assert not errors, errors
+    assert len(results) == 3
     assert sum(r.created for r in results) == 1
     assert len({r.commit for r in results}) == 1
     assert [v.version for v in harness.remote.list_versions()] == ["1.0.0"]
