@@ -68,6 +68,15 @@ def check_cmd(settings: Settings, patch: str, onto: str, drift: bool, source_bas
     click.get_current_context().exit(outcome.report.exit_code())
 
 
+def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    from patchctl.merge._blocks import parse_size
+
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command("install")
 @click.argument("patch")
 @click.option("--onto", required=True, help="Target base: a local model directory or hf://org/repo[@rev].")
@@ -82,10 +91,25 @@ def check_cmd(settings: Settings, patch: str, onto: str, drift: bool, source_bas
 )
 @click.option("--force", is_flag=True, help="Install despite failed checks (logged) and replace an existing --out.")
 @click.option("--dry-run", is_flag=True, help="Print the check report and the merge plan; write nothing.")
+@click.option(
+    "--max-memory",
+    default="512MiB",
+    show_default=True,
+    callback=_size,
+    help="Peak memory of the merge, whatever the tensor sizes: larger LoRA deltas are computed in row blocks.",
+)
 @json_option
 @click.pass_obj
 def install_cmd(
-    settings: Settings, patch: str, onto: str, out: Path | None, fmt: str, force: bool, dry_run: bool, as_json: bool
+    settings: Settings,
+    patch: str,
+    onto: str,
+    out: Path | None,
+    fmt: str,
+    force: bool,
+    dry_run: bool,
+    max_memory: int,
+    as_json: bool,
 ) -> None:
     """Check PATCH against the base --onto, then write it merged into --out (θ′ + Δθ).
 
@@ -104,6 +128,7 @@ def install_cmd(
             force=force,
             dry_run=dry_run,
             progress=not as_json,
+            max_memory=max_memory,
             # shown as soon as the checks ran: before a refusal or the merge's progress bar
             # (a dry run's report is its data, on stdout, unless the install is refused)
             on_report=None
@@ -145,6 +170,12 @@ def install_cmd(
             f"plan: {plan['tensors_touched']} of {plan['tensors_total']} tensors touched, "
             f"{plan['bytes_to_write']} bytes to write; nothing written (--dry-run)"
         )
+        blocked = plan.get("memory", {}).get("blocked_tensors", [])
+        if blocked:
+            click.echo(
+                f"memory: {len(blocked)} LoRA delta(s) over the --max-memory budget computed in row blocks "
+                "(each blocking is checked against the whole product first; merged whole where it differs)"
+            )
         return
     assert outcome.result is not None
     res = outcome.result
@@ -152,6 +183,12 @@ def install_cmd(
         click.echo(
             f"warning: installed despite failed checks ({', '.join(r.name for r in report.failed)}): "
             "--force, recorded as forced",
+            err=True,
+        )
+    if res.get("merged_whole"):
+        click.echo(
+            f"note: {len(res['merged_whole'])} delta(s) computed whole, over --max-memory: row blocks would not "
+            f"give the whole product's bits on this machine ({', '.join(res['merged_whole'][:3])})",
             err=True,
         )
     what = (
