@@ -120,15 +120,18 @@ class Blocking:
 
 
 def current_rss() -> int:
-    """Resident bytes of this process (``/proc/self/statm``; else the peak so far)."""
+    """What this process takes before the merge: the larger of its resident bytes now
+    (``/proc/self/statm``) and its peak so far (pages of libraries evicted under memory pressure
+    come back when touched, so the current figure alone can be low)."""
+    import resource
+
+    peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
     try:
         with open("/proc/self/statm", encoding="ascii") as f:
             pages = int(f.read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE")
+        return max(peak, pages * os.sysconf("SC_PAGE_SIZE"))
     except (OSError, ValueError, IndexError):
-        import resource
-
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+        return peak
 
 
 def block_ranges(rows: int, step: int, min_block: int = MIN_BLOCK) -> list[tuple[int, int]]:

@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 #: test hook: seconds to sleep after each tensor (lets a test kill a merge half-way)
 DELAY_ENV = "PATCHCTL_MERGE_TEST_DELAY"
 #: how much of a touched tensor is read, merged and written at once (one pooled buffer)
-ROW_CHUNK_BYTES = 4 << 20
+ROW_CHUNK_BYTES = 2 << 20
 #: pooled buffers: reads ahead and writes behind in flight (OVERHEAD in _blocks counts them)
 PIPELINE_BUFFERS = 4
 
@@ -394,6 +394,18 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _fixed_mmap_threshold() -> None:
+    """Have glibc map every allocation of 1 MiB or more on its own and unmap it when freed. By
+    default the threshold rises to the largest block freed so far, after which the chunk-sized
+    temporaries of mixed-dtype adds come from the heap and fragment it: +40-100 MiB of RSS."""
+    import ctypes
+    import platform
+
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+
+
 def _finish_file(path: Path, name: str) -> FileRecord:
     """fsync and hash a written file (runs in a worker thread, overlapping the next shard)."""
     fd = os.open(path, os.O_RDONLY)
@@ -439,6 +451,7 @@ def execute_merge(
     """
     started = time.monotonic()
     progress = progress or NullProgress()
+    _fixed_mmap_threshold()
     blocking = (blocking or Blocking()).measured()
     delay = float(os.environ.get(DELAY_ENV) or 0)
     out_dir = Path(out_dir).expanduser()

@@ -46,7 +46,7 @@ class RichMergeProgress:
         self._files = (0, 0)
 
     def _label(self) -> str:
-        where = f" [{self._shard}]" if self._shard else ""
+        where = f" · {self._shard}" if self._shard else ""  # no brackets: rich would read markup
         return f"{self._description} {self._done}/{self._total} tensors{where}"
 
     def _ensure(self) -> Any:
@@ -79,7 +79,7 @@ class RichMergeProgress:
 
     def _download_label(self, name: str) -> str:
         done, total = self._files
-        return f"downloading {done}/{total} shards" + (f" [{name}]" if name else "")
+        return f"downloading {done}/{total} shards" + (f" · {name}" if name else "")
 
     def downloading(self, name: str) -> None:
         if self._progress is not None and self._download is not None:
@@ -97,7 +97,7 @@ class RichMergeProgress:
 
     def begin_shard(self, name: str, index: int, count: int) -> None:
         """Called (on the writer thread) as the writes of shard ``index`` of ``count`` begin."""
-        self._shard = f"{name}, {index + 1}/{count}" if count > 1 else name
+        self._shard = f"{name} ({index + 1}/{count})" if count > 1 else name
         if self._progress is not None:
             self._progress.update(self._task, description=self._label())
 
