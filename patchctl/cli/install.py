@@ -113,8 +113,9 @@ def install_cmd(
 ) -> None:
     """Check PATCH against the base --onto, then write it merged into --out (θ′ + Δθ).
 
-    The merge streams one tensor at a time (constant memory), copies untouched tensors without
-    decoding, and equals PEFT's merge_and_unload bit for bit. The output appears atomically;
+    The merge streams in bounded memory (--max-memory; large LoRA deltas in row blocks), overlaps
+    reading, merging and writing, copies untouched tensors without decoding, and equals PEFT's
+    merge_and_unload bit for bit. An hf:// base is merged shard by shard as it downloads. The output appears atomically;
     patchctl.json in it records the patch, the base fingerprint and every file's sha256.
     Checks that fail stop the install (exit 21) unless --force.
     """

@@ -285,47 +285,58 @@ class ArrivingBase:
         return self
 
     def _run(self) -> None:
+        """Download the files one after another; each one is hashed on a second thread while
+        the next one downloads."""
+        from concurrent.futures import ThreadPoolExecutor
+
         from huggingface_hub import hf_hub_download
 
+        counted = type("_CountedBytes", (_Counted,), {"advance": staticmethod(self._on_bytes or (lambda n: None))})
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="patchctl-verify") as verifier:
+            for name, sha256, _ in self._weights:
+                try:
+                    if self._errors or self._cancel.is_set():
+                        raise next(iter(self._errors.values()), None) or InvalidInputError("download cancelled")
+                    if self._on_file is not None:
+                        self._on_file(name)
+                    with self._hub.errors(f"download {name}"):
+                        path = Path(
+                            hf_hub_download(
+                                self._hub.repo_id,
+                                name,
+                                revision=self._commit,
+                                cache_dir=self._cache_dir,
+                                endpoint=self._hub.endpoint,
+                                token=self._hub.token or False,
+                                library_name="patchctl",
+                                tqdm_class=counted,  # type: ignore[arg-type]
+                            )
+                        )
+                except BaseException as exc:
+                    self._errors.setdefault(name, exc)
+                    self._done[name].set()
+                    continue
+                verifier.submit(self._verify, name, sha256, path)
+
+    def _verify(self, name: str, sha256: str, path: Path) -> None:
         from patchctl._fs import sha256_file
 
-        counted = type("_CountedBytes", (_Counted,), {"advance": staticmethod(self._on_bytes or (lambda n: None))})
-        failed: BaseException | None = None
-        for name, sha256, _ in self._weights:
-            try:
-                if failed is not None or self._cancel.is_set():
-                    raise failed or InvalidInputError("download cancelled")
-                if self._on_file is not None:
-                    self._on_file(name)
-                with self._hub.errors(f"download {name}"):
-                    path = Path(
-                        hf_hub_download(
-                            self._hub.repo_id,
-                            name,
-                            revision=self._commit,
-                            cache_dir=self._cache_dir,
-                            endpoint=self._hub.endpoint,
-                            token=self._hub.token or False,
-                            library_name="patchctl",
-                            tqdm_class=counted,  # type: ignore[arg-type]
-                        )
-                    )
-                if sha256_file(path) != sha256:
-                    if path.is_symlink():
-                        path.resolve().unlink(missing_ok=True)
-                    path.unlink(missing_ok=True)
-                    raise IntegrityError(
-                        f"{self._hub.what}: sha256 mismatch after download ({name}): not the bytes the Hub lists; "
-                        "nothing merged",
-                        hint="the damaged file was removed from the HF cache; retry, and report it to the repo "
-                        "owner if it recurs",
-                    )
-                self._paths[name] = path
-            except BaseException as exc:
-                failed = failed or exc
-                self._errors[name] = exc
-            finally:
-                self._done[name].set()
+        try:
+            if sha256_file(path) != sha256:
+                if path.is_symlink():
+                    path.resolve().unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
+                raise IntegrityError(
+                    f"{self._hub.what}: sha256 mismatch after download ({name}): not the bytes the Hub lists; "
+                    "nothing merged",
+                    hint="the damaged file was removed from the HF cache; retry, and report it to the repo "
+                    "owner if it recurs",
+                )
+            self._paths[name] = path
+        except BaseException as exc:
+            self._errors[name] = exc
+        finally:
+            self._done[name].set()
 
     def wait(self, name: str) -> Path:
         """The verified local path of weight file ``name`` (blocks until it is downloaded)."""
