@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -262,8 +263,10 @@ class _Run:
     chunk_bytes: int
     progress: MergeProgress
     pool: ThreadPoolExecutor
-    wait_for_shard: Callable[[str], Path] | None
+    wait_for_shard: Callable[[str, threading.Event], Path] | None
     overlap: bool = True
+    #: set when the merge stops early (an error, Ctrl-C): a wait for a shard gives up
+    stopped: threading.Event = field(default_factory=threading.Event)
     open_fds: set[int] = field(default_factory=set)
     finished: list[Future[FileRecord]] = field(default_factory=list)
 
@@ -295,7 +298,10 @@ class _Run:
         head = encode_header(header)
         dst_data = len(head)
         # a base that is still arriving (hf://) is merged shard by shard, as each one is verified
-        src_path = self.wait_for_shard(shard.file) if self.wait_for_shard else self.plan.base_dir / shard.file
+        if self.wait_for_shard is not None:
+            src_path = self.wait_for_shard(shard.file, self.stopped)
+        else:
+            src_path = self.plan.base_dir / shard.file
         begin = getattr(self.progress, "begin_shard", None)
         if begin is not None:
             yield Call(lambda: begin(shard.file, index, len(self.plan.shards)))
@@ -357,7 +363,11 @@ def _merge_shards(run: _Run, delay: float) -> list[str]:
     """Run the pipeline over every shard; returns the tensors whose delta had to be computed whole."""
     deltas = _Deltas(run.tensors, run.blocking, torch.empty(_max_block_elems(run.plan, run.blocking)))
     pipe = Pipeline(
-        buffers=PIPELINE_BUFFERS, buffer_bytes=run.chunk_bytes, advance=run.progress.advance, threads=run.overlap
+        buffers=PIPELINE_BUFFERS,
+        buffer_bytes=run.chunk_bytes,
+        advance=run.progress.advance,
+        threads=run.overlap,
+        stop=run.stopped,
     )
     for job, buf in pipe.run(run.jobs()):
         p = job.payload
@@ -436,7 +446,7 @@ def execute_merge(
     provenance: Mapping[str, Any],
     base_weights_sha256: str | None = None,
     blocking: Blocking | None = None,
-    wait_for_shard: Callable[[str], Path] | None = None,
+    wait_for_shard: Callable[[str, threading.Event], Path] | None = None,
     overlap: bool = True,
 ) -> MergeResult:
     """Write the merged model described by ``plan`` to ``out_dir`` (atomically; see the module doc).
@@ -444,9 +454,10 @@ def execute_merge(
     ``provenance`` (patch ref, manifest digest, ...) is recorded in ``patchctl.json`` together with
     the base's weights fingerprint (computed here unless ``base_weights_sha256`` is given, e.g.
     from the checks' ``BaseFacts``), the sha256 and size of every output file, and the tool version.
-    ``blocking`` sets the memory budget (default: 512 MiB of peak RSS). ``wait_for_shard(file)``,
+    ``blocking`` sets the memory budget (default: 512 MiB of peak RSS). ``wait_for_shard(file, stopped)``,
     when given, is called before a base shard is read and returns its path once it is there
-    (a base still downloading); it is called in plan order, from another thread. ``overlap=False``
+    (a base still downloading); it is called in plan order, from another thread, and should
+    give up (raise) once ``stopped`` is set (the merge failed or was interrupted). ``overlap=False``
     reads, computes and writes in turn on this thread (same bytes; the reference for tests).
     """
     started = time.monotonic()

@@ -76,7 +76,13 @@ class Pipeline:
     ``advance(tensors, nbytes)`` is called on the writer thread after each write or copy."""
 
     def __init__(
-        self, *, buffers: int, buffer_bytes: int, advance: Callable[[int, int], None], threads: bool = True
+        self,
+        *,
+        buffers: int,
+        buffer_bytes: int,
+        advance: Callable[[int, int], None],
+        threads: bool = True,
+        stop: threading.Event | None = None,
     ) -> None:
         #: False: read, compute and write in turn on the caller's thread (the reference for tests)
         self.threads = threads
@@ -87,7 +93,8 @@ class Pipeline:
         self._ready: queue.Queue[Any] = queue.Queue(maxsize=buffers)
         self._writes: queue.Queue[Any] = queue.Queue(maxsize=buffers + 2)
         self._advance = advance
-        self._stop = threading.Event()
+        #: set when any thread fails or the caller stops iterating (shared with the job generator)
+        self._stop = stop if stop is not None else threading.Event()
         self._errors: list[BaseException] = []
 
     # ---- plumbing that gives up when another thread failed ------------------------------------

@@ -338,9 +338,12 @@ class ArrivingBase:
         finally:
             self._done[name].set()
 
-    def wait(self, name: str) -> Path:
-        """The verified local path of weight file ``name`` (blocks until it is downloaded)."""
-        self._done[name].wait()
+    def wait(self, name: str, stopped: threading.Event | None = None) -> Path:
+        """The verified local path of weight file ``name`` (blocks until it is downloaded, or
+        raises once ``stopped`` is set: the merge waiting for it has given up)."""
+        while not self._done[name].wait(0.2):
+            if stopped is not None and stopped.is_set():
+                raise InvalidInputError(f"{self._hub.what}: merge stopped while {name} was downloading")
         if name in self._errors:
             raise self._errors[name]
         return self._paths[name]

@@ -167,3 +167,56 @@ def test_a_damaged_second_shard_stops_the_merge_and_leaves_nothing(
     assert "sha256 mismatch" in r.stderr and shards[-1] in r.stderr
     assert not (tmp_path / "out").exists()
     assert not any(p.name.startswith(".out.patchctl") for p in tmp_path.iterdir())
+
+
+def test_a_failed_merge_does_not_wait_for_the_rest_of_the_download(
+    hub: HubServer, pico_llama_sharded: Path, llama_adapter: Path, tmp_path: Path
+) -> None:
+    """The merge of the first shard fails while the second is still downloading (held here):
+    the error comes back at once, not when the download ends, and nothing is written."""
+    import time
+
+    hub.seed_repo("acme/base", pico_llama_sharded)
+    facts = remote_base_facts(HubRef("acme/base"))
+    weights = sorted((f.path, f.sha256, f.size) for f in facts.weight_files)
+    release = threading.Event()
+
+    def on_file(name: str) -> None:
+        if name != weights[0][0]:
+            release.wait(60)
+
+    class Broken:  # fails as the writes of the first shard begin (on the writer thread)
+        def start(self, total_tensors: int, total_bytes: int) -> None:
+            pass
+
+        def begin_shard(self, name: str, index: int, count: int) -> None:
+            raise RuntimeError("merge failed")
+
+        def advance(self, tensors: int, nbytes: int) -> None:
+            pass
+
+        def finish(self) -> None:
+            pass
+
+    arriving = stream_base(HubRef("acme/base", revision=facts.revision), weights, on_file=on_file)
+    started = time.monotonic()
+    try:
+        import dataclasses
+
+        plan = dataclasses.replace(
+            plan_merge(read_adapter(llama_adapter), arriving.skeleton), base_dir=arriving.snapshot
+        )
+        with pytest.raises(RuntimeError, match="merge failed"):
+            execute_merge(
+                plan,
+                tmp_path / "out",
+                provenance={},
+                progress=Broken(),
+                base_weights_sha256=facts.weights_sha256,
+                wait_for_shard=arriving.wait,
+            )
+        assert time.monotonic() - started < 30
+    finally:
+        release.set()
+        arriving.close()
+    assert not (tmp_path / "out").exists()
