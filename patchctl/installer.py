@@ -236,6 +236,7 @@ def _arriving_base(target: TargetBase, progress: Any) -> Iterator[ArrivingBase]:
         weights,
         on_bytes=progress.downloaded if progress is not None else None,
         on_file=progress.downloading if progress is not None else None,
+        start=False,  # the weights only once the merge is planned (from the headers)
     )
     try:
         yield arriving
@@ -348,6 +349,7 @@ def install(
             if plan is None:  # a Hub base: downloaded only now that the checks passed, merged as it arrives
                 arriving = stack.enter_context(_arriving_base(target, merge_progress))
                 plan = dataclasses.replace(plan_merge(layout, arriving.skeleton), base_dir=arriving.snapshot)
+                arriving.start()
                 wait_for_shard = arriving.wait
             result = execute_merge(
                 plan,

@@ -351,7 +351,8 @@ class ArrivingBase:
     def close(self) -> None:
         """Stop after the file being downloaded (what is complete stays in the HF cache)."""
         self._cancel.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
         shutil.rmtree(self.skeleton, ignore_errors=True)
 
 
@@ -364,6 +365,7 @@ def stream_base(
     cache_dir: Path | None = None,
     on_bytes: Callable[[int], None] | None = None,
     on_file: Callable[[str], None] | None = None,
+    start: bool = True,
 ) -> ArrivingBase:
     """Start downloading a base at the commit ``ref.revision`` into the HF cache, shard by shard.
 
@@ -371,7 +373,8 @@ def stream_base(
     only those are fetched (the shards an index names; not a ``consolidated.safetensors`` beside
     them), plus the base's small non-weight files (config, index, tokenizer), which are here when
     this returns. ``on_bytes(n)`` is called as weight bytes arrive, ``on_file(name)`` as each file
-    starts. Call :meth:`ArrivingBase.close` when done (``with`` works too)."""
+    starts. With ``start=False`` the weights wait for :meth:`ArrivingBase.start` (plan from the
+    skeleton first: a refused plan then downloads nothing). Call :meth:`ArrivingBase.close` when done."""
     from huggingface_hub import HfApi, hf_hub_download
 
     hub = _HubBase(ref, token, endpoint)
@@ -417,4 +420,5 @@ def stream_base(
         raise
     if snapshot is None:  # no small file at all: where hf_hub_download puts this commit's files
         snapshot = cache / f"models--{hub.repo_id.replace('/', '--')}" / "snapshots" / commit
-    return ArrivingBase(hub, commit, weights, cache, skeleton, snapshot, on_bytes, on_file).start()
+    arriving = ArrivingBase(hub, commit, weights, cache, skeleton, snapshot, on_bytes, on_file)
+    return arriving.start() if start else arriving
