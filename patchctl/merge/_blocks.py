@@ -30,9 +30,9 @@ __all__ = ["DEFAULT_MAX_MEMORY", "MIN_BLOCK", "Blocking", "block_ranges", "carri
 MiB = 1 << 20
 #: the default ``--max-memory``: peak RSS of an install stays under this whatever the tensor sizes
 DEFAULT_MAX_MEMORY = 512 * MiB
-#: an estimate of what the interpreter, torch, the catalog and the checks take before the merge
-#: starts (measured: ~290 MiB for the engine alone, ~340 MiB in ``patchctl install``), for plans;
-#: the merge itself measures its RSS when it starts (:func:`current_rss`)
+#: what the interpreter, torch, the catalog and the checks take before the merge starts
+#: (measured: ~290 MiB for the engine alone, ~340 MiB in ``patchctl install``), with a margin;
+#: the merge itself measures its RSS when it starts (:func:`current_rss`) and takes the larger
 RESERVED = 352 * MiB
 #: besides the deltas: the I/O pipeline's buffers and their temporaries, thread arenas
 OVERHEAD = 80 * MiB
@@ -66,8 +66,10 @@ class Blocking:
     floor: int = FLOOR
 
     def measured(self) -> Blocking:
-        """This policy with ``reserved`` set to the process's resident memory now."""
-        return self if self.reserved is not None else replace(self, reserved=current_rss())
+        """This policy with ``reserved`` set to what the process takes now, RESERVED at least:
+        under memory pressure the kernel evicts pages of the libraries (clean, file-backed), so
+        the resident figure can read low and would size blocks too large once they come back."""
+        return self if self.reserved is not None else replace(self, reserved=max(RESERVED, current_rss()))
 
     def delta_budget(self) -> int:
         """Bytes of fp32 delta one block may take. A block's probe holds two blocks' worth of
