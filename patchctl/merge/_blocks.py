@@ -17,7 +17,6 @@ what a plan will do (``--dry-run``); :func:`block_ranges` cuts the rows.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -122,18 +121,18 @@ class Blocking:
 
 
 def current_rss() -> int:
-    """What this process takes before the merge: the larger of its resident bytes now
-    (``/proc/self/statm``) and its peak so far (pages of libraries evicted under memory pressure
-    come back when touched, so the current figure alone can be low)."""
-    import resource
-
-    peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    """What this process takes before the merge: the high-water mark of its resident memory
+    (``VmHWM``; pages of libraries evicted under memory pressure come back when touched, so the
+    current figure alone can read low). Not ``ru_maxrss``: Linux carries that over ``execve``
+    from the parent's memory (a subprocess of a large process would seem large)."""
     try:
-        with open("/proc/self/statm", encoding="ascii") as f:
-            pages = int(f.read().split()[1])
-        return max(peak, pages * os.sysconf("SC_PAGE_SIZE"))
-    except (OSError, ValueError, IndexError):
-        return peak
+        with open("/proc/self/status", encoding="ascii") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return max(int(fields[k].split()[0]) * 1024 for k in ("VmHWM", "VmRSS"))
+    except (OSError, ValueError, KeyError, IndexError):
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def block_ranges(rows: int, step: int, min_block: int = MIN_BLOCK) -> list[tuple[int, int]]:
