@@ -9,11 +9,12 @@ recorded as such), then merges (``--format merged``) or writes a rebased adapter
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -38,6 +39,7 @@ from patchctl.settings import Settings
 
 if TYPE_CHECKING:
     from patchctl.merge import MergePlan
+    from patchctl.remotes._bases import ArrivingBase
 
 __all__ = ["CheckOutcome", "InstallOutcome", "check", "install"]
 
@@ -278,17 +280,49 @@ def _run(
     return CheckOutcome(report, report_id, source.ref, target.ref)
 
 
-def _plan_summary(plan: MergePlan | None, source: PatchSource) -> dict[str, Any] | None:
-    """The plan as data, naming the patch by its ref rather than the directory it was laid out in."""
+def _plan_summary(plan: MergePlan | None, source: PatchSource, max_memory: int | None = None) -> dict[str, Any] | None:
+    """The plan as data, naming the patch by its ref rather than the directory it was laid out in,
+    with what the memory budget means for it (deltas computed in row blocks)."""
     if plan is None:
         return None
+    from patchctl.merge._blocks import DEFAULT_MAX_MEMORY, Blocking
+
     summary = plan.summary()
     summary["adapter"] = source.ref
+    summary["memory"] = Blocking(max_memory or DEFAULT_MAX_MEMORY).summary(plan)
     return summary
 
 
+@contextlib.contextmanager
+def _arriving_base(target: TargetBase, progress: Any) -> Iterator[ArrivingBase]:
+    """The Hub base at the commit that was checked (not wherever its branch points now), arriving
+    in the HF cache shard by shard: only the weight files the checks saw (the shards an index
+    names) and the small non-weight files are fetched; each shard is verified against the sha256
+    the checks saw as it lands (a damaged one is removed from the HF cache and nothing is merged).
+    ``progress`` (a RichMergeProgress or None) shows the download beside the merge."""
+    from patchctl.remotes._bases import stream_base
+
+    assert target.hub is not None and target.facts.revision is not None
+    pinned = HubRef(target.hub.repo_id, revision=target.facts.revision)
+    weights = sorted((f.path, f.sha256, f.size) for f in target.facts.weight_files)
+    if progress is not None:
+        progress.start_download(sum(size for _, _, size in weights), len(weights))
+    arriving = stream_base(
+        pinned,
+        weights,
+        on_bytes=progress.downloaded if progress is not None else None,
+        on_file=progress.downloading if progress is not None else None,
+        start=False,  # the weights only once the merge is planned (from the headers)
+    )
+    try:
+        yield arriving
+    finally:
+        arriving.close()
+
+
 def _download_checked_base(target: TargetBase, *, progress: bool) -> Path:
-    """Download the Hub base at the commit that was checked (not wherever its branch points now)
+    """Download the whole Hub base at the commit that was checked (for ``validate``, which loads it
+    whole; ``install`` merges it as it arrives instead, :func:`_arriving_base`) (not wherever its branch points now)
     and verify every weight file against the sha256 the checks saw; a damaged file is removed
     from the HF cache (a retry downloads it again) and nothing is merged."""
     from patchctl._fs import sha256_file
@@ -355,13 +389,15 @@ def install(
     dry_run: bool = False,
     progress: bool = True,
     on_report: Callable[[CompatReport], None] | None = None,
+    max_memory: int | None = None,
 ) -> InstallOutcome:
     """Check, then merge ``patch`` onto ``onto`` into ``out`` (or write a rebased adapter).
 
     ``force`` installs despite failed checks (recorded as forced); ``overwrite`` replaces an
     existing ``out`` — two separate decisions, so that re-running a script never skips checks.
     ``on_report`` is called with the compat report as soon as the checks have run (before a
-    refusal or the merge), so that a caller can show it first.
+    refusal or the merge), so that a caller can show it first. ``max_memory`` bounds the merge's
+    peak RSS (default 512 MiB; LoRA deltas larger than the budget are computed in row blocks).
     """
     from patchctl import api
     from patchctl.adapter import read_adapter
@@ -406,21 +442,32 @@ def install(
     }
     plan = plan_merge(layout, target.local_dir) if format == "merged" and target.local_dir else None
     if dry_run:
-        return InstallOutcome(outcome, format, out, True, forced, _plan_summary(plan, source), None, None, decision)
+        return InstallOutcome(
+            outcome, format, out, True, forced, _plan_summary(plan, source, max_memory), None, None, decision
+        )
     assert out is not None
     if format == "merged":
-        if plan is None:  # a Hub base: download only now that the checks passed
-            plan = plan_merge(layout, _download_checked_base(target, progress=progress))
         from patchctl.merge import execute_merge  # torch: only now
+        from patchctl.merge._blocks import DEFAULT_MAX_MEMORY, Blocking
 
-        result = execute_merge(
-            plan,
-            out,
-            force=overwrite,
-            progress=RichMergeProgress(f"installing {source.ref}") if progress else None,
-            provenance=provenance,
-            base_weights_sha256=target.facts.weights_sha256,
-        )
+        merge_progress = RichMergeProgress(f"installing {source.ref}") if progress else None
+        with contextlib.ExitStack() as stack:
+            wait_for_shard = None
+            if plan is None:  # a Hub base: downloaded only now that the checks passed, merged as it arrives
+                arriving = stack.enter_context(_arriving_base(target, merge_progress))
+                plan = dataclasses.replace(plan_merge(layout, arriving.skeleton), base_dir=arriving.snapshot)
+                arriving.start()
+                wait_for_shard = arriving.wait
+            result = execute_merge(
+                plan,
+                out,
+                force=overwrite,
+                progress=merge_progress,
+                provenance=provenance,
+                base_weights_sha256=target.facts.weights_sha256,
+                blocking=Blocking(max_memory or DEFAULT_MAX_MEMORY),
+                wait_for_shard=wait_for_shard,
+            )
     else:
         result = write_rebased_adapter(
             layout,
@@ -449,7 +496,7 @@ def install(
         result.out_dir,
         False,
         forced,
-        _plan_summary(plan, source),
+        _plan_summary(plan, source, max_memory),
         result.to_dict(),
         install_id,
         decision,

@@ -71,6 +71,15 @@ def check_cmd(settings: Settings, patch: str, onto: str, drift: bool, source_bas
     click.get_current_context().exit(outcome.report.exit_code())
 
 
+def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    from patchctl.merge._blocks import parse_size
+
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command("install")
 @click.argument("patch")
 @click.option("--onto", required=True, help="Target base: a local model directory or hf://org/repo[@rev].")
@@ -86,6 +95,13 @@ def check_cmd(settings: Settings, patch: str, onto: str, drift: bool, source_bas
 @click.option("--force", is_flag=True, help="Install despite failed checks (recorded as forced).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out (checks still apply).")
 @click.option("--dry-run", is_flag=True, help="Print the check report and the merge plan; write nothing.")
+@click.option(
+    "--max-memory",
+    default="512MiB",
+    show_default=True,
+    callback=_size,
+    help="Peak memory of the merge, whatever the tensor sizes: larger LoRA deltas are computed in row blocks.",
+)
 @json_option
 @click.pass_obj
 def install_cmd(
@@ -97,12 +113,14 @@ def install_cmd(
     force: bool,
     overwrite: bool,
     dry_run: bool,
+    max_memory: int,
     as_json: bool,
 ) -> None:
     """Check PATCH against the base --onto, then write it merged into --out (θ′ + Δθ).
 
-    The merge streams one tensor at a time (constant memory), copies untouched tensors without
-    decoding, and equals PEFT's merge_and_unload bit for bit. The output appears atomically;
+    The merge streams in bounded memory (--max-memory; large LoRA deltas in row blocks), overlaps
+    reading, merging and writing, copies untouched tensors without decoding, and equals PEFT's
+    merge_and_unload bit for bit. An hf:// base is merged shard by shard as it downloads. The output appears atomically;
     patchctl.json in it records the patch, the base fingerprint and every file's sha256.
     Checks that fail stop the install (exit 21) unless --force; an existing --out is kept
     (exit 5) unless --overwrite.
@@ -118,6 +136,7 @@ def install_cmd(
             overwrite=overwrite,
             dry_run=dry_run,
             progress=not as_json,
+            max_memory=max_memory,
             # shown as soon as the checks ran: before a refusal or the merge's progress bar
             # (a dry run's report is its data, on stdout, unless the install is refused)
             on_report=None
@@ -162,6 +181,12 @@ def install_cmd(
             f"plan: {plan['tensors_touched']} of {plan['tensors_total']} tensors touched, "
             f"{plan['bytes_to_write']} bytes to write; nothing written (--dry-run)"
         )
+        blocked = plan.get("memory", {}).get("blocked_tensors", [])
+        if blocked:
+            click.echo(
+                f"memory: {len(blocked)} LoRA delta(s) over the --max-memory budget computed in row blocks "
+                "(each blocking is checked against the whole product first; merged whole where it differs)"
+            )
         return
     assert outcome.result is not None
     res = outcome.result
@@ -169,6 +194,12 @@ def install_cmd(
         click.echo(
             f"warning: installed despite failed checks ({', '.join(r.name for r in report.failed)}): "
             "--force, recorded as forced",
+            err=True,
+        )
+    if res.get("merged_whole"):
+        click.echo(
+            f"note: {len(res['merged_whole'])} delta(s) computed whole, over --max-memory: row blocks would not "
+            f"give the whole product's bits on this machine ({', '.join(res['merged_whole'][:3])})",
             err=True,
         )
     what = (

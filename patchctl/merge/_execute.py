@@ -1,9 +1,12 @@
-"""Executing a merge plan: stream each base shard into its output shard, one tensor in memory.
+"""Executing a merge plan: stream each base shard into its output shard in bounded memory.
 
 Untouched tensors are copied as byte ranges in the kernel (``copy_file_range``): the output
 shard keeps the base's header order and data offsets, so runs of untouched tensors are one
-copy each. Touched tensors are read with plain reads (no mmap, so the page cache does not show
-up as our RSS), merged exactly as PEFT's ``merge_and_unload`` does, and written in place.
+copy each. Touched tensors are read in chunks of rows with plain reads (no mmap, so the page
+cache does not show up as our RSS), merged exactly as PEFT's ``merge_and_unload`` does, and
+written in place. Reading, computing and writing overlap (``_pipeline``: a reader thread, this
+thread, a writer thread, a bounded pool of buffers); LoRA deltas are computed a block of rows at
+a time where the whole one would not fit the memory budget (``_blocks``, ``_delta``).
 
 PEFT semantics (``peft/tuners/lora/layer.py``, adapter weights loaded as fp32 by default):
 
@@ -20,11 +23,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import prod
 from pathlib import Path
 from typing import Any
@@ -33,39 +38,42 @@ import torch
 
 from patchctl.bases import INDEX_FILE, header_length, parse_safetensors_header, weights_fingerprint
 from patchctl.errors import InvalidInputError, UnsupportedError
+from patchctl.merge._blocks import Blocking, carries_lora
 from patchctl.merge._copy import copy_file
-from patchctl.merge._io import TORCH_DTYPES, copy_range, encode_header, pwrite_all, read_tensor, tensor_bytes
+from patchctl.merge._delta import lora_delta, probe
+from patchctl.merge._io import TORCH_DTYPES, encode_header, pwrite_all, read_tensor, tensor_bytes
 from patchctl.merge._output import FileRecord, MergeResult, atomic_output_dir, write_provenance
+from patchctl.merge._pipeline import Call, Copy, Pipeline, Read, Write
 from patchctl.merge._plan import DTYPE_SIZES, Action, MergePlan, ShardPlan, TensorPlan
 from patchctl.merge._progress import MergeProgress, NullProgress
 
 __all__ = ["execute_merge"]
 
+log = logging.getLogger(__name__)
+
 #: test hook: seconds to sleep after each tensor (lets a test kill a merge half-way)
 DELAY_ENV = "PATCHCTL_MERGE_TEST_DELAY"
-#: how much of a touched tensor is read, merged and written at once
+#: how much of a touched tensor is read, merged and written at once (one pooled buffer)
 ROW_CHUNK_BYTES = 2 << 20
+#: pooled buffers: reads ahead and writes behind in flight (OVERHEAD in _blocks counts them)
+PIPELINE_BUFFERS = 4
 
 
 class _AdapterTensors:
     """Adapter tensors read one at a time with plain reads (an mmap would count towards RSS)."""
 
-    def __init__(self, path: Path, header: Mapping[str, Any], max_delta: int) -> None:
-        #: reusable buffers (no allocation churn, so no heap growth): row chunks of touched
-        #: tensors, and the fp32 delta (sized for the largest one)
-        self.scratch = bytearray(2 * ROW_CHUNK_BYTES)
-        self._delta = torch.empty(max_delta, dtype=torch.float32)
+    def __init__(self, path: Path, header: Mapping[str, Any]) -> None:
         self._path = path
         self._header = header
-        self._fd = os.open(path, os.O_RDONLY)
-        self._data = 8 + header_length(os.pread(self._fd, 8, 0))
+        self.fd = os.open(path, os.O_RDONLY)
+        self._data = 8 + header_length(os.pread(self.fd, 8, 0))
 
     def location(self, key: str) -> _Source:
         info = self._header[key]
         dtype = str(info["dtype"])
         if dtype not in TORCH_DTYPES:
             raise UnsupportedError(f"{self._path}: {key} has dtype {dtype}; adapter tensors must be float")
-        return _Source(self._fd, self._data + int(info["data_offsets"][0]), dtype)
+        return _Source(self.fd, self._data + int(info["data_offsets"][0]), dtype)
 
     def get(self, key: str) -> torch.Tensor:
         info = self._header[key]
@@ -73,17 +81,8 @@ class _AdapterTensors:
         src = self.location(key)
         return read_tensor(src.fd, src.offset, end - start, src.dtype, tuple(int(d) for d in info["shape"]))
 
-    def lora_product(self, a_key: str, b_key: str) -> torch.Tensor:
-        """``B @ A`` in fp32 (adapter weights upcast as PEFT's autocast_adapter_dtype does),
-        written into the reused delta buffer: the same gemm as ``B @ A``, without a new allocation."""
-        lora_a = self.get(a_key).float()
-        lora_b = self.get(b_key).float()
-        rows, cols = lora_b.shape[0], lora_a.shape[1]
-        out = self._delta[: rows * cols].view(rows, cols)
-        return torch.mm(lora_b, lora_a, out=out)
-
     def close(self) -> None:
-        os.close(self._fd)
+        os.close(self.fd)
 
 
 @dataclass(frozen=True)
@@ -95,13 +94,18 @@ class _Source:
     dtype: str
 
 
-def _delta_linear(a: Action, tensors: _AdapterTensors) -> torch.Tensor:
-    """PEFT's Linear.get_delta_weight with fp32 adapter weights: transpose(B @ A, fan_in_fan_out) * s."""
-    assert a.pair is not None
-    delta = tensors.lora_product(a.pair.a_key, a.pair.b_key)
-    if a.transpose:
-        delta = delta.T
-    return delta.mul_(a.pair.scaling)  # in place: the same kernel as PEFT's `* scaling`, one buffer less
+@dataclass(frozen=True)
+class _Piece:
+    """Rows ``[r0, r1)`` of a touched tensor, inside its delta block ``block``."""
+
+    tensor: TensorPlan
+    source_dtype: str
+    r0: int
+    r1: int
+    block: tuple[int, int]
+    dst_fd: int
+    dst_off: int
+    last: bool
 
 
 def _delta_param(a: Action, tensors: _AdapterTensors) -> torch.Tensor:
@@ -125,18 +129,94 @@ def _delta_param(a: Action, tensors: _AdapterTensors) -> torch.Tensor:
     return delta[0, piece.rows[0] : piece.rows[1]]
 
 
-def _write_touched(
-    t: TensorPlan, src_fd: int, src_data: int, dst_fd: int, dst_off: int, shard: ShardPlan, tensors: _AdapterTensors
-) -> None:
-    """Merge one tensor and write it at ``dst_off``, streaming its rows in chunks.
+@dataclass
+class _Deltas:
+    """The LoRA delta of the tensor being merged, one block of rows at a time, in one reused
+    fp32 buffer sized for the largest block; each blocking probed once against the whole product."""
 
-    The fp32 deltas are whole tensors (a row-blocked matmul is not bit-identical to PEFT's);
-    the starting values are read, added to and written ROW_CHUNK_BYTES at a time (elementwise,
-    so chunking does not change a bit).
-    """
-    dtype = TORCH_DTYPES[t.dtype]
+    tensors: _AdapterTensors
+    blocking: Blocking
+    buffer: torch.Tensor
+    #: (tensor name, r0, r1) -> fp32 addends for those rows: (values, cast to the tensor's dtype first)
+    current: tuple[tuple[str, int, int], list[tuple[torch.Tensor, bool]]] | None = None
+    probes: dict[tuple[Any, ...], bool] = field(default_factory=dict)
+    #: tensors whose delta was computed whole because a probe differed
+    whole: list[str] = field(default_factory=list)
+    _lora: tuple[str, torch.Tensor, torch.Tensor] | None = None
+    #: the whole delta of a `target_parameters` (MoE) tensor, computed once and sliced per block
+    _param: tuple[str, torch.Tensor] | None = None
+
+    def _ab(self, t: TensorPlan, a: Action) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._lora is None or self._lora[0] != t.name:
+            assert a.pair is not None
+            # adapter weights upcast to fp32, as PEFT's autocast_adapter_dtype does
+            self._lora = (t.name, self.tensors.get(a.pair.a_key).float(), self.tensors.get(a.pair.b_key).float())
+        return self._lora[1], self._lora[2]
+
+    def addends(self, p: _Piece) -> list[tuple[torch.Tensor, bool, int]]:
+        """The fp32 addends for ``p``'s rows: (values of a block, cast first, the block's first row)."""
+        t = p.tensor
+        key = self.current[0] if self.current else None
+        if key is None or key[0] != t.name or not (key[1] <= p.r0 and p.r1 <= key[2]):
+            b0, b1 = p.block
+            if t.name in self.whole:
+                b0, b1 = 0, t.shape[0]
+            self.current = ((t.name, b0, b1), self._compute(t, b0, b1))
+        assert self.current is not None
+        (_, b0, _), adds = self.current
+        return [(d, cast, b0) for d, cast in adds]
+
+    def _compute(self, t: TensorPlan, b0: int, b1: int) -> list[tuple[torch.Tensor, bool]]:
+        adds: list[tuple[torch.Tensor, bool]] = []
+        rows = t.shape[0] if t.shape else 1
+        for a in t.actions:
+            if a.kind == "lora_bias":
+                assert a.pair is not None and a.pair.bias_key is not None
+                adds.append((self.tensors.get(a.pair.bias_key).float() * a.pair.scaling, False))
+            elif a.kind == "lora_param":
+                # ParamWrapper: delta.to(W.dtype), then W += delta (PEFT's arithmetic, whole tensor);
+                # the delta is as large as the tensor, outside the --max-memory budget
+                if self._param is None or self._param[0] != t.name:
+                    self._param = (t.name, _delta_param(a, self.tensors))
+                adds.append((self._param[1][b0:b1] if t.shape else self._param[1], True))
+            elif a.kind == "lora":
+                assert a.pair is not None
+                lora_a, lora_b = self._ab(t, a)
+                # PEFT's Embedding.merge: W += (transpose(B @ A, True) * s).to(W.dtype): two roundings;
+                # Linear.merge: W += transpose(B @ A, fan_in_fan_out) * s: one rounding
+                embedding = a.pair.kind == "embedding"
+                transpose = embedding or a.transpose
+                out: torch.Tensor | None = self.buffer
+                if b1 - b0 < rows and not self._probed(t, lora_a, lora_b, transpose):
+                    self.whole.append(t.name)
+                    log.warning("%s: row blocks differ from the whole product on this BLAS; merged whole", t.name)
+                    b0, b1 = 0, rows
+                if t.name in self.whole:
+                    out = None  # over the budget: a fresh tensor
+                delta = lora_delta(lora_a, lora_b, a.pair.scaling, transpose=transpose, rows=(b0, b1), out=out)
+                if tuple(delta.shape[1:]) != t.shape[1:] or delta.shape[0] != b1 - b0:  # guarded by the plan
+                    raise InvalidInputError(f"{t.name}: delta shape {list(delta.shape)} differs from {list(t.shape)}")
+                adds.append((delta, embedding))
+        return adds
+
+    def _probed(self, t: TensorPlan, lora_a: torch.Tensor, lora_b: torch.Tensor, transpose: bool) -> bool:
+        ranges = self.blocking.ranges(t)
+        sig = (
+            transpose,
+            tuple(lora_a.shape),
+            tuple(lora_b.shape),
+            ranges[0][1] - ranges[0][0],
+            ranges[-1][1] - ranges[-1][0],
+        )
+        if sig not in self.probes:
+            self.probes[sig] = probe(lora_a, lora_b, transpose=transpose, ranges=ranges, out=self.buffer)
+        return self.probes[sig]
+
+
+def _source(t: TensorPlan, shard: ShardPlan, src_fd: int, src_data: int, tensors: _AdapterTensors) -> _Source:
+    """Where ``t``'s starting values are read: the base tensor, the adapter tensor that replaces it,
+    or (for a tensor the merge adds) the base tensor it is a copy of."""
     source = _Source(src_fd, src_data + t.src_offsets[0], t.src_dtype) if t.src_offsets else None
-    adds: list[tuple[torch.Tensor, bool]] = []  # (fp32 addend shaped like t, cast to t's dtype before adding)
     for a in t.actions:
         if a.kind == "replace":
             assert a.replacement is not None
@@ -145,40 +225,45 @@ def _write_touched(
             src = next(s for s in shard.tensors if s.name == a.source)
             assert src.src_offsets is not None
             source = _Source(src_fd, src_data + src.src_offsets[0], src.src_dtype)
-        else:
-            assert a.pair is not None
-            if a.kind == "lora_bias":
-                assert a.pair.bias_key is not None
-                adds.append((tensors.get(a.pair.bias_key).float() * a.pair.scaling, False))
-            elif a.kind == "lora_param":
-                adds.append((_delta_param(a, tensors), True))  # ParamWrapper: delta.to(W.dtype), then W += delta
-            elif a.pair.kind == "embedding":
-                # PEFT's Embedding.merge: W += (transpose(B @ A, True) * s).to(W.dtype): two roundings
-                delta = tensors.lora_product(a.pair.a_key, a.pair.b_key)
-                adds.append((delta.T.mul_(a.pair.scaling), True))
-            else:
-                adds.append((_delta_linear(a, tensors), False))  # Linear.merge: W += delta: one rounding
     assert source is not None
-    for d, _ in adds:
-        if tuple(d.shape) != t.shape:  # guarded by the plan; a last line of defence against a wrong merge
-            raise InvalidInputError(f"{t.name}: delta shape {list(d.shape)} differs from {list(t.shape)}")
+    return source
+
+
+def _tensor_reads(
+    t: TensorPlan, source: _Source, dst_fd: int, dst_off: int, blocking: Blocking, chunk_bytes: int
+) -> Iterator[Read]:
+    """The chunks of rows of a touched tensor, each inside one delta block, as reads of its source."""
     rows = t.shape[0] if t.shape else 1
     row_elems = prod(t.shape[1:]) if t.shape else 1
     in_size, out_size = DTYPE_SIZES[source.dtype], DTYPE_SIZES[t.dtype]
-    step = max(1, ROW_CHUNK_BYTES // max(1, row_elems * 4))
-    for r0 in range(0, rows, step):
-        r1 = min(rows, r0 + step)
-        shape = (r1 - r0, *t.shape[1:]) if t.shape else ()
-        n = (r1 - r0) * row_elems
-        w = read_tensor(
-            source.fd, source.offset + r0 * row_elems * in_size, n * in_size, source.dtype, shape, into=tensors.scratch
-        )
-        if source.dtype != t.dtype:
-            w = w.to(dtype)
-        for d, cast in adds:
-            part = d[r0:r1] if t.shape else d
-            w += part.to(dtype) if cast else part
-        pwrite_all(dst_fd, tensor_bytes(w), dst_off + r0 * row_elems * out_size)
+    step = max(1, chunk_bytes // max(1, row_elems * max(in_size, out_size)))
+    blocks = blocking.ranges(t) if carries_lora(t) and len(t.shape) >= 2 else [(0, rows)]
+    for b0, b1 in blocks:
+        for r0 in range(b0, b1, step):
+            r1 = min(b1, r0 + step)
+            piece = _Piece(t, source.dtype, r0, r1, (b0, b1), dst_fd, dst_off + r0 * row_elems * out_size, r1 == rows)
+            yield Read(source.fd, source.offset + r0 * row_elems * in_size, (r1 - r0) * row_elems * in_size, piece)
+    if rows == 0:
+        yield Read(source.fd, source.offset, 0, _Piece(t, source.dtype, 0, 0, (0, 0), dst_fd, dst_off, True))
+
+
+def _merge_piece(p: _Piece, buf: bytearray, deltas: _Deltas) -> tuple[torch.Tensor, bool]:
+    """Rows of a touched tensor, merged: (values in the tensor's dtype, whether they live in ``buf``)."""
+    t = p.tensor
+    dtype = TORCH_DTYPES[t.dtype]
+    row_elems = prod(t.shape[1:]) if t.shape else 1
+    n = (p.r1 - p.r0) * row_elems
+    shape = (p.r1 - p.r0, *t.shape[1:]) if t.shape else ()
+    src_dtype = TORCH_DTYPES[p.source_dtype]
+    w = torch.frombuffer(buf, dtype=src_dtype, count=n).reshape(shape) if n else torch.empty(shape, dtype=src_dtype)
+    in_buf = n > 0
+    if src_dtype != dtype:
+        w = w.to(dtype)
+        in_buf = False
+    for d, cast, b0 in deltas.addends(p):
+        part = d[p.r0 - b0 : p.r1 - b0] if t.shape else d
+        w += part.to(dtype) if cast else part
+    return w, in_buf
 
 
 def _check_unchanged(path: Path, header: Mapping[str, Any], shard: ShardPlan) -> None:
@@ -196,63 +281,128 @@ def _check_unchanged(path: Path, header: Mapping[str, Any], shard: ShardPlan) ->
             raise InvalidInputError(f"{path}: changed since the merge was planned ({t.name}); plan again")
 
 
-def _write_shard(
-    plan: MergePlan, shard: ShardPlan, out: Path, tensors: _AdapterTensors, progress: MergeProgress, delay: float
-) -> tuple[int, int]:
-    header: dict[str, Any] = {"__metadata__": shard.metadata}
-    placed = shard.output_offsets()  # the base's offsets, shifted after a tensor written in another dtype
-    end = max((e for _, e in placed.values()), default=0)
-    for t in shard.tensors:
-        header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": list(placed[t.name])}
-    head = encode_header(header)
-    dst_data = len(head)
-    touched = copied = 0
-    src_path = plan.base_dir / shard.file
-    src_fd = os.open(src_path, os.O_RDONLY)
-    try:
+@dataclass
+class _Run:
+    """State shared by the reader's job generator and the writer's end-of-shard calls."""
+
+    plan: MergePlan
+    out: Path
+    tensors: _AdapterTensors
+    blocking: Blocking
+    chunk_bytes: int
+    progress: MergeProgress
+    pool: ThreadPoolExecutor
+    wait_for_shard: Callable[[str, threading.Event], Path] | None
+    overlap: bool = True
+    #: set when the merge stops early (an error, Ctrl-C): a wait for a shard gives up
+    stopped: threading.Event = field(default_factory=threading.Event)
+    open_fds: set[int] = field(default_factory=set)
+    finished: list[Future[FileRecord]] = field(default_factory=list)
+
+    def _open(self, path: Path, flags: int, mode: int = 0o644) -> int:
+        fd = os.open(path, flags, mode)
+        self.open_fds.add(fd)
+        return fd
+
+    def close(self, fd: int) -> None:
+        if fd in self.open_fds:
+            self.open_fds.discard(fd)
+            os.close(fd)
+
+    def jobs(self) -> Iterator[Read | Copy | Call]:
+        for i, shard in enumerate(self.plan.shards):
+            yield from self._shard_jobs(i, shard)
+
+    def _shard_jobs(self, index: int, shard: ShardPlan) -> Iterator[Read | Copy | Call]:
+        header: dict[str, Any] = {"__metadata__": shard.metadata}
+        placed = shard.output_offsets()  # the base's offsets, shifted after a tensor written in another dtype
+        end = max((e for _, e in placed.values()), default=0)
+        for t in shard.tensors:
+            header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": list(placed[t.name])}
+        head = encode_header(header)
+        dst_data = len(head)
+        # a base that is still arriving (hf://) is merged shard by shard, as each one is verified
+        if self.wait_for_shard is not None:
+            src_path = self.wait_for_shard(shard.file, self.stopped)
+        else:
+            src_path = self.plan.base_dir / shard.file
+        begin = getattr(self.progress, "begin_shard", None)
+        if begin is not None:
+            yield Call(lambda: begin(shard.file, index, len(self.plan.shards)))
+        src_fd = self._open(src_path, os.O_RDONLY)
         first8 = os.pread(src_fd, 8, 0)
         src_data = 8 + header_length(first8)
         _check_unchanged(src_path, parse_safetensors_header(first8 + os.pread(src_fd, src_data - 8, 8)), shard)
-        dst_fd = os.open(out / shard.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            pwrite_all(dst_fd, head, 0)
-            run: list[int] = []  # [start, end, count, output start] of pending untouched bytes
+        dst_fd = self._open(self.out / shard.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        pwrite_all(dst_fd, head, 0)
+        run: list[int] = []  # [start, end, count, output start] of pending untouched bytes
 
-            def flush() -> None:
-                if run:
-                    copy_range(src_fd, dst_fd, run[1] - run[0], src_data + run[0], dst_data + run[3])
-                    progress.advance(run[2], run[1] - run[0])
-                    run.clear()
+        def flush() -> Iterator[Copy]:
+            if run:
+                yield Copy(src_fd, dst_fd, run[1] - run[0], src_data + run[0], dst_data + run[3], run[2])
+                run.clear()
 
-            for t in sorted((t for t in shard.tensors if t.src_offsets), key=lambda t: t.src_offsets or (0, 0)):
-                assert t.src_offsets is not None
-                if not t.touched:
-                    copied += 1
-                    if run and run[1] == t.src_offsets[0]:
-                        run[1] = t.src_offsets[1]
-                        run[2] += 1
-                    else:
-                        flush()
-                        run.extend([t.src_offsets[0], t.src_offsets[1], 1, placed[t.name][0]])
-                    continue
-                flush()
-                _write_touched(t, src_fd, src_data, dst_fd, dst_data + placed[t.name][0], shard, tensors)
-                touched += 1
-                progress.advance(1, t.nbytes)
-                if delay:
-                    time.sleep(delay)
-            flush()
-            for t in shard.tensors:
-                if t.src_offsets is None:
-                    _write_touched(t, src_fd, src_data, dst_fd, dst_data + placed[t.name][0], shard, tensors)
-                    touched += 1
-                    progress.advance(1, t.nbytes)
+        for t in sorted((t for t in shard.tensors if t.src_offsets), key=lambda t: t.src_offsets or (0, 0)):
+            assert t.src_offsets is not None
+            if not t.touched:
+                if run and run[1] == t.src_offsets[0]:
+                    run[1] = t.src_offsets[1]
+                    run[2] += 1
+                else:
+                    yield from flush()
+                    run.extend([t.src_offsets[0], t.src_offsets[1], 1, placed[t.name][0]])
+                continue
+            yield from flush()
+            source = _source(t, shard, src_fd, src_data, self.tensors)
+            yield from _tensor_reads(t, source, dst_fd, dst_data + placed[t.name][0], self.blocking, self.chunk_bytes)
+        yield from flush()
+        for t in shard.tensors:
+            if t.src_offsets is None:
+                source = _source(t, shard, src_fd, src_data, self.tensors)
+                yield from _tensor_reads(
+                    t, source, dst_fd, dst_data + placed[t.name][0], self.blocking, self.chunk_bytes
+                )
+
+        def finish() -> None:
             os.ftruncate(dst_fd, dst_data + end)
-        finally:
-            os.close(dst_fd)
-    finally:
-        os.close(src_fd)
-    return touched, copied
+            self.close(dst_fd)
+            self.close(src_fd)
+            self.finished.append(self.pool.submit(_finish_file, self.out / shard.file, shard.file))
+
+        yield Call(finish)
+
+
+def _max_block_elems(plan: MergePlan, blocking: Blocking) -> int:
+    """Elements of the largest delta block (the reused buffer's size)."""
+    most = 0
+    for shard in plan.shards:
+        for t in shard.tensors:
+            if carries_lora(t) and t.shape:
+                row = prod(t.shape[1:])
+                most = max(most, max(r1 - r0 for r0, r1 in blocking.ranges(t)) * row)
+    return most
+
+
+def _merge_shards(run: _Run, delay: float) -> list[str]:
+    """Run the pipeline over every shard; returns the tensors whose delta had to be computed whole."""
+    deltas = _Deltas(run.tensors, run.blocking, torch.empty(_max_block_elems(run.plan, run.blocking)))
+    pipe = Pipeline(
+        buffers=PIPELINE_BUFFERS,
+        buffer_bytes=run.chunk_bytes,
+        advance=run.progress.advance,
+        threads=run.overlap,
+        stop=run.stopped,
+    )
+    for job, buf in pipe.run(run.jobs()):
+        p = job.payload
+        assert isinstance(p, _Piece)
+        w, in_buf = _merge_piece(p, buf, deltas)
+        if not in_buf:
+            pipe.release(buf)
+        pipe.put(Write(p.dst_fd, p.dst_off, tensor_bytes(w), tensors=int(p.last), release=buf if in_buf else None))
+        if p.last and delay:
+            time.sleep(delay)
+    return deltas.whole
 
 
 def _write_config(plan: MergePlan, out: Path) -> None:
@@ -276,6 +426,18 @@ def _torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def _fixed_mmap_threshold() -> None:
+    """Have glibc map every allocation of 1 MiB or more on its own and unmap it when freed. By
+    default the threshold rises to the largest block freed so far, after which the chunk-sized
+    temporaries of mixed-dtype adds come from the heap and fragment it: +40-100 MiB of RSS."""
+    import ctypes
+    import platform
+
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
 
 
 def _finish_file(path: Path, name: str) -> FileRecord:
@@ -307,18 +469,31 @@ def execute_merge(
     progress: MergeProgress | None = None,
     provenance: Mapping[str, Any],
     base_weights_sha256: str | None = None,
+    blocking: Blocking | None = None,
+    wait_for_shard: Callable[[str, threading.Event], Path] | None = None,
+    overlap: bool = True,
 ) -> MergeResult:
     """Write the merged model described by ``plan`` to ``out_dir`` (atomically; see the module doc).
 
     ``provenance`` (patch ref, manifest digest, ...) is recorded in ``patchctl.json`` together with
     the base's weights fingerprint (computed here unless ``base_weights_sha256`` is given, e.g.
     from the checks' ``BaseFacts``), the sha256 and size of every output file, and the tool version.
+    ``blocking`` sets the memory budget (default: 512 MiB of peak RSS). ``wait_for_shard(file, stopped)``,
+    when given, is called before a base shard is read and returns its path once it is there
+    (a base still downloading); it is called in plan order, from another thread, and should
+    give up (raise) once ``stopped`` is set (the merge failed or was interrupted). ``overlap=False``
+    reads, computes and writes in turn on this thread (same bytes; the reference for tests).
     """
     started = time.monotonic()
     progress = progress or NullProgress()
+    _fixed_mmap_threshold()
+    blocking = (blocking or Blocking()).measured()
     delay = float(os.environ.get(DELAY_ENV) or 0)
     out_dir = Path(out_dir).expanduser()
-    touched = copied = 0
+    touched = sum(len(s.touched) for s in plan.shards)
+    copied = plan.total_tensors - touched
+    if wait_for_shard is not None and base_weights_sha256 is None:
+        raise InvalidInputError("a base that is still arriving needs its weights fingerprint from its metadata")
     with (
         atomic_output_dir(out_dir, force=force, protect=(plan.base_dir, plan.adapter.path)) as tmp,
         ThreadPoolExecutor(max_workers=2, thread_name_prefix="patchctl-merge") as pool,
@@ -327,19 +502,17 @@ def execute_merge(
         base_hashes: list[tuple[str, Future[str]]] = []
         if base_weights_sha256 is None:
             base_hashes = [(s.file, pool.submit(_sha256, plan.base_dir / s.file)) for s in plan.shards]
-        finished: list[Future[FileRecord]] = []
-        max_delta = max((p.b_shape[0] * p.a_shape[-1] for p in plan.adapter.pairs), default=0)
-        tensors = _AdapterTensors(plan.adapter.weights_path, plan.adapter.header, max_delta)
+        tensors = _AdapterTensors(plan.adapter.weights_path, plan.adapter.header)
+        run = _Run(plan, tmp, tensors, blocking, ROW_CHUNK_BYTES, progress, pool, wait_for_shard, overlap)
         progress.start(plan.total_tensors, plan.total_bytes)
         try:
-            for shard in plan.shards:
-                t, c = _write_shard(plan, shard, tmp, tensors, progress, delay)
-                touched += t
-                copied += c
-                finished.append(pool.submit(_finish_file, tmp / shard.file, shard.file))
+            merged_whole = _merge_shards(run, delay)
         finally:
             progress.finish()
+            for fd in list(run.open_fds):
+                run.close(fd)
             tensors.close()
+        finished = run.finished
         if plan.sharded:
             index = dict(plan.index_extra)
             meta = dict(index.get("metadata") or {})
@@ -379,4 +552,5 @@ def execute_merge(
         bytes_written=sum(f.size for f in files),
         seconds=time.monotonic() - started,
         provenance=doc,
+        merged_whole=tuple(merged_whole),
     )

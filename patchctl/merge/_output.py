@@ -46,6 +46,9 @@ class MergeResult:
     bytes_written: int = 0
     seconds: float = 0.0
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: tensors whose LoRA delta was computed whole, over the memory budget, because row blocks
+    #: would not have given the whole product's bits on this machine's BLAS
+    merged_whole: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +59,7 @@ class MergeResult:
             "tensors_copied": self.tensors_copied,
             "bytes_written": self.bytes_written,
             "seconds": round(self.seconds, 3),
+            "merged_whole": list(self.merged_whole),
         }
 
 

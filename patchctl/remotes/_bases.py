@@ -11,13 +11,20 @@ would for the same files, from:
   token-id fingerprint (``patchctl.tokenids``) from the tokenizer files, downloaded (small).
 
 :func:`download_base` downloads a base (config, weights, tokenizer) at a resolved commit into
-the HF cache, after the checks passed.
+the HF cache; :func:`stream_base` does it shard by shard in the background, each shard verified
+as it lands, so that an install merges each one as soon as it is here.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
+import shutil
+import struct
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +38,7 @@ from patchctl.bases import (
     parse_safetensors_header,
     validate_safetensors_header,
 )
-from patchctl.errors import InvalidInputError, UnsupportedError
+from patchctl.errors import IntegrityError, InvalidInputError, UnsupportedError
 from patchctl.remotes._hf import hf_cache_dir, hf_endpoint, hub_errors, resolve_token
 from patchctl.schemas.base import BaseFacts
 from patchctl.schemas.refs import HubRef
@@ -40,7 +47,7 @@ from patchctl.tokenids import readable_tokenizer_facts
 if TYPE_CHECKING:
     from huggingface_hub.hf_api import RepoSibling
 
-__all__ = ["BASE_FILE_PATTERNS", "download_base", "remote_base_facts"]
+__all__ = ["BASE_FILE_PATTERNS", "ArrivingBase", "download_base", "remote_base_facts", "stream_base"]
 
 #: the files a merge needs from a base: config, weights (+ index), tokenizer, generation config
 BASE_FILE_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken")
@@ -220,3 +227,209 @@ def download_base(
         if not progress and not was_disabled:
             enable_progress_bars()
     return Path(path)
+
+
+#: the non-weight files a merge needs from a base (config, index, tokenizer, generation config)
+SMALL_FILE_PATTERNS = ("*.json", "*.model", "*.txt", "*.tiktoken")
+
+
+class _Counted:
+    """A stand-in for tqdm that huggingface_hub's downloads report to (``tqdm_class``): it draws
+    nothing and forwards the bytes to a callback, so that one rich display shows everything."""
+
+    advance: Callable[[int], None] = staticmethod(lambda n: None)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.n = int(kwargs.get("initial") or 0)
+        self.total = kwargs.get("total")
+
+    def __enter__(self) -> _Counted:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: float | None = 1) -> None:
+        self.n += int(n or 0)
+        type(self).advance(int(n or 0))
+
+    def close(self) -> None:
+        return None
+
+
+class ArrivingBase:
+    """A Hub base at a pinned commit, arriving in the HF cache shard by shard on a background
+    thread: :meth:`wait` returns a weight file's path once it is downloaded and its sha256 is the
+    one the checks saw (a damaged file is removed from the cache and raises IntegrityError).
+
+    ``skeleton`` is a directory to plan the merge from before the weights are here: links to the
+    small files in the snapshot, and each weight file's safetensors header (its first bytes);
+    ``snapshot`` is the HF cache snapshot directory the weights land in."""
+
+    def __init__(
+        self,
+        hub: _HubBase,
+        commit: str,
+        weights: Sequence[tuple[str, str, int]],
+        cache_dir: Path,
+        skeleton: Path,
+        snapshot: Path,
+        on_bytes: Callable[[int], None] | None,
+        on_file: Callable[[str], None] | None,
+    ) -> None:
+        self.skeleton = skeleton
+        self.snapshot = snapshot
+        self._hub = hub
+        self._commit = commit
+        self._weights = list(weights)
+        self._cache_dir = cache_dir
+        self._on_bytes = on_bytes
+        self._on_file = on_file
+        self._done: dict[str, threading.Event] = {name: threading.Event() for name, _, _ in self._weights}
+        self._paths: dict[str, Path] = {}
+        self._errors: dict[str, BaseException] = {}
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="patchctl-download", daemon=True)
+
+    def start(self) -> ArrivingBase:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        """Download the files one after another; each one is hashed on a second thread while
+        the next one downloads."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from huggingface_hub import hf_hub_download
+
+        counted = type("_CountedBytes", (_Counted,), {"advance": staticmethod(self._on_bytes or (lambda n: None))})
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="patchctl-verify") as verifier:
+            for name, sha256, _ in self._weights:
+                try:
+                    if self._errors or self._cancel.is_set():
+                        raise next(iter(self._errors.values()), None) or InvalidInputError("download cancelled")
+                    if self._on_file is not None:
+                        self._on_file(name)
+                    with self._hub.errors(f"download {name}"):
+                        path = Path(
+                            hf_hub_download(
+                                self._hub.repo_id,
+                                name,
+                                revision=self._commit,
+                                cache_dir=self._cache_dir,
+                                endpoint=self._hub.endpoint,
+                                token=self._hub.token or False,
+                                library_name="patchctl",
+                                tqdm_class=counted,  # type: ignore[arg-type]
+                            )
+                        )
+                except BaseException as exc:
+                    self._errors.setdefault(name, exc)
+                    self._done[name].set()
+                    continue
+                verifier.submit(self._verify, name, sha256, path)
+
+    def _verify(self, name: str, sha256: str, path: Path) -> None:
+        from patchctl._fs import sha256_file
+
+        try:
+            if sha256_file(path) != sha256:
+                if path.is_symlink():
+                    path.resolve().unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
+                raise IntegrityError(
+                    f"{self._hub.what}: sha256 mismatch after download ({name}): not the bytes the Hub lists; "
+                    "nothing merged",
+                    hint="the damaged file was removed from the HF cache; retry, and report it to the repo "
+                    "owner if it recurs",
+                )
+            self._paths[name] = path
+        except BaseException as exc:
+            self._errors[name] = exc
+        finally:
+            self._done[name].set()
+
+    def wait(self, name: str, stopped: threading.Event | None = None) -> Path:
+        """The verified local path of weight file ``name`` (blocks until it is downloaded, or
+        raises once ``stopped`` is set: the merge waiting for it has given up)."""
+        while not self._done[name].wait(0.2):
+            if stopped is not None and stopped.is_set():
+                raise InvalidInputError(f"{self._hub.what}: merge stopped while {name} was downloading")
+        if name in self._errors:
+            raise self._errors[name]
+        return self._paths[name]
+
+    def close(self) -> None:
+        """Stop after the file being downloaded (what is complete stays in the HF cache)."""
+        self._cancel.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        shutil.rmtree(self.skeleton, ignore_errors=True)
+
+
+def stream_base(
+    ref: HubRef,
+    weights: Sequence[tuple[str, str, int]],
+    *,
+    token: str | None = None,
+    endpoint: str | None = None,
+    cache_dir: Path | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+    on_file: Callable[[str], None] | None = None,
+    start: bool = True,
+) -> ArrivingBase:
+    """Start downloading a base at the commit ``ref.revision`` into the HF cache, shard by shard.
+
+    ``weights`` are the (file, sha256, size) the checks saw, in the order the merge reads them:
+    only those are fetched (the shards an index names; not a ``consolidated.safetensors`` beside
+    them), plus the base's small non-weight files (config, index, tokenizer), which are here when
+    this returns. ``on_bytes(n)`` is called as weight bytes arrive, ``on_file(name)`` as each file
+    starts. With ``start=False`` the weights wait for :meth:`ArrivingBase.start` (plan from the
+    skeleton first: a refused plan then downloads nothing). Call :meth:`ArrivingBase.close` when done."""
+    from huggingface_hub import HfApi, hf_hub_download
+
+    hub = _HubBase(ref, token, endpoint)
+    api = HfApi(endpoint=hub.endpoint, token=hub.token or False, library_name="patchctl")
+    with hub.errors("repo info"):
+        info = api.model_info(hub.repo_id, revision=hub.revision)
+    commit = str(info.sha)
+    cache = cache_dir or hf_cache_dir()
+    wanted = {name for name, _, _ in weights}
+    small = sorted(
+        s.rfilename
+        for s in info.siblings or ()
+        if "/" not in s.rfilename
+        and s.rfilename not in wanted
+        and not s.rfilename.endswith(".safetensors")
+        and any(fnmatch.fnmatch(s.rfilename, p) for p in SMALL_FILE_PATTERNS)
+    )
+    skeleton = Path(tempfile.mkdtemp(prefix="patchctl-base-plan-"))
+    try:
+        snapshot: Path | None = None
+        for name in small:
+            with hub.errors(f"download {name}"):
+                path = Path(
+                    hf_hub_download(
+                        hub.repo_id,
+                        name,
+                        revision=commit,
+                        cache_dir=cache,
+                        endpoint=hub.endpoint,
+                        token=hub.token or False,
+                        library_name="patchctl",
+                        tqdm_class=_Counted,  # type: ignore[arg-type]
+                    )
+                )
+            snapshot = path.parent
+            (skeleton / name).symlink_to(path)
+        for name, _, _ in weights:
+            head = hub.header(commit, name)
+            raw = json.dumps(head, separators=(",", ":")).encode("utf-8")
+            (skeleton / name).write_bytes(struct.pack("<Q", len(raw)) + raw)
+    except BaseException:
+        shutil.rmtree(skeleton, ignore_errors=True)
+        raise
+    if snapshot is None:  # no small file at all: where hf_hub_download puts this commit's files
+        snapshot = cache / f"models--{hub.repo_id.replace('/', '--')}" / "snapshots" / commit
+    arriving = ArrivingBase(hub, commit, weights, cache, skeleton, snapshot, on_bytes, on_file)
+    return arriving.start() if start else arriving

@@ -16,7 +16,8 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "merge" / "bench_m
 def test_bench_small_mode(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--small", "--workdir", str(tmp_path), "--json", str(out)],
+        [sys.executable, str(SCRIPT), "--small", "--workdir", str(tmp_path), "--json", str(out),
+         "--cases", "1gb,4gb,hub,llama3-8b"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -26,7 +27,13 @@ def test_bench_small_mode(tmp_path: Path) -> None:
         "PEFT merge_and_unload",
         "cp -r",
         "patchctl install",
+        "download alone (hf_hub_download)",
+        "patchctl install (downloaded base)",
+        "patchctl install --onto hf://",
+        "cp -r",
+        "patchctl install",
     ]
+    assert set(results["ratios"]) >= {"wall_ours_over_peft", "hub_over_download_plus_local", "llama3_8b_wall_over_cp"}
     assert all(r["wall_s"] > 0 and r["peak_rss_mib"] > 0 for r in results["rows"])
     assert results["tensors_compared_with_peft"] > 10
     assert "| patchctl install |" in proc.stdout

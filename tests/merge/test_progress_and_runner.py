@@ -64,3 +64,20 @@ def test_runner_dry_run_and_merge(pico_llama: Path, llama_adapter: Path, tmp_pat
     assert (tmp_path / "out" / "model.safetensors").is_file()
     again = subprocess.run([*cmd, "--no-progress"], env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 5 and "already exists" in again.stderr
+
+
+def test_rich_progress_names_the_shard_and_the_download(
+    pico_llama_sharded: Path, llama_adapter: Path, tmp_path: Path
+) -> None:
+    buf = io.StringIO()
+    plan = plan_merge(read_adapter(llama_adapter), pico_llama_sharded)
+    progress = RichMergeProgress("installing x", console=Console(file=buf, force_terminal=False, width=160))
+    progress.start_download(1000, 2)
+    progress.downloading("model-00001-of-00002.safetensors")
+    progress.downloaded(600)
+    execute_merge(plan, tmp_path / "out", progress=progress, provenance={})
+    text = buf.getvalue()
+    last = plan.shards[-1].file
+    assert f"· {last} ({len(plan.shards)}/{len(plan.shards)})" in text  # which shard is being written
+    assert "downloading 1/2 shards · model-00001-of-00002.safetensors" in text
+    assert f"{plan.total_tensors}/{plan.total_tensors} tensors" in text

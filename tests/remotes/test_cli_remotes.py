@@ -527,13 +527,13 @@ def test_install_merges_the_commit_that_was_checked(
     import patchctl.remotes._bases as bases
 
     checked = hub.seed_repo("acme/base", pico_llama)
-    real = bases.download_base
+    real = bases.stream_base
 
-    def main_moves_first(*args: Any, **kwargs: Any) -> Path:
+    def main_moves_first(*args: Any, **kwargs: Any) -> Any:
         hub.seed_repo("acme/base", pico_gpt2)  # a new, unrelated commit on main
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(bases, "download_base", main_moves_first)
+    monkeypatch.setattr(bases, "stream_base", main_moves_first)
     home = tmp_path / "a"
     assert push(home, llama_adapter, pico_llama).code == 0
     r = cli(home, "install", NAME, "--onto", "hf://acme/base", "--out", tmp_path / "remote-out")
