@@ -188,7 +188,16 @@ def layout_from_header(adapter_dir: Path, config: AdapterConfig, header: dict[st
     bias_keys: dict[str, str] = {}
     replacements: list[Replacement] = []
     problems: list[str] = []
-    for key in sorted(k for k in header if k != "__metadata__"):
+    keys = sorted(k for k in header if k != "__metadata__")
+    if stray := [k for k in keys if not k.startswith(PEFT_PREFIX) or k.startswith(PEFT_PREFIX + PEFT_PREFIX)]:
+        # PeftModel.from_pretrained loads only keys under one base_model.model. (the rest is dropped
+        # with a missing-keys warning, so PEFT's merge leaves θ as it is): never guess their module
+        problems.append(
+            f"{len(stray)} keys are not under one `{PEFT_PREFIX}` prefix as PEFT saves them ({stray[0]}): "
+            "PEFT would load none of them; re-save the adapter with PEFT's `save_pretrained`"
+        )
+        keys = [k for k in keys if k not in set(stray)]
+    for key in keys:
         info = header[key]
         name = _strip(key)
         if m := _PAIR.match(name):

@@ -180,3 +180,25 @@ def test_manifest_describing_another_adapter_fails(
     assert report.result("format").status == "fail"
     assert "patch.json lora.fan_in_fan_out=True but the adapter has False" in problems
     assert "patch.json lora.lora_pairs=2 but the adapter has 4" in problems
+
+
+@pytest.mark.parametrize(
+    ("name", "rekey"),
+    [
+        ("unprefixed", lambda k: k.removeprefix("base_model.model.")),
+        ("wrapped_twice", lambda k: "base_model.model." + k),
+    ],
+)
+def test_keys_not_under_one_peft_prefix_are_refused(
+    check, edit_dir, tmp_path: Path, pico_llama: Path, llama_adapter: Path, name: str, rekey
+) -> None:
+    # PeftModel.from_pretrained loads none of these keys (missing-keys warning), so PEFT's merge
+    # leaves the base as it is; patchctl used to strip/suffix-match them and merge the delta (exit 0)
+    from patchctl.errors import InvalidInputError
+    from patchctl.merge import plan_merge
+
+    adapter = edit_dir(llama_adapter, tmp_path / name, tensors=lambda t: {rekey(k): v for k, v in t.items()})
+    result = _format(check, adapter, pico_llama)
+    assert "not under one `base_model.model.` prefix" in " | ".join(result.data["problems"])
+    with pytest.raises(InvalidInputError, match="PEFT would load none of them"):
+        plan_merge(read_adapter(adapter), pico_llama)
