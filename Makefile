@@ -5,7 +5,7 @@ STAMP := $(VENV)/.patchctl-installed
 
 DEMO_STAMP := $(VENV)/.patchctl-demo-installed
 
-.PHONY: venv demo demo-pico test test-fast lint typecheck check bench clean
+.PHONY: venv demo demo-pico bench-portllm test test-fast lint typecheck check bench clean
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh
 	bash scripts/bootstrap.sh $(VENV) dev
@@ -43,6 +43,10 @@ check: lint typecheck test
 
 bench: $(STAMP)
 	$(PY) benchmarks/merge/bench_merge.py
+
+## bench-portllm: PortLLM at small scale on SmolLM2-135M (long: see benchmarks/portllm/README.md)
+bench-portllm: $(DEMO_STAMP)
+	nice -n 10 $(PY) benchmarks/portllm/run.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache
