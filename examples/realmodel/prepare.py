@@ -30,7 +30,7 @@ from examples.realmodel import assets, pipeline
 
 # Sizes of the demo: small enough for 2 CPU cores, large enough to move the score.
 DEMO = {"n_eval": 100, "n_train": 256, "cpt_texts": 96, "cpt_steps": 12, "ft_steps": 24}
-SMOKE = {"n_eval": 16, "n_train": 48, "cpt_texts": 16, "cpt_steps": 4, "ft_steps": 60}
+SMOKE = {"n_eval": 16, "n_train": 48, "cpt_texts": 16, "cpt_steps": 4, "ft_steps": 200}
 TASK = "movie_sentiment"
 
 
