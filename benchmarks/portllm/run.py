@@ -45,17 +45,32 @@ def log(msg: str) -> None:
 def measured_child(
     cmd: list[str], env: dict[str, str] | None = None, ok: tuple[int, ...] = (0,)
 ) -> tuple[float, float, str]:
-    """Run ``cmd``; its wall seconds, its own peak RSS in MiB (reaped with os.wait4) and its stdout."""
+    """Run ``cmd``; its wall seconds, its peak RSS in MiB and its stdout. The peak is the child's
+    VmHWM polled from /proc (ru_maxrss would carry this big parent's RSS over fork + exec)."""
+    import threading
+
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    assert proc.stdout is not None and proc.stderr is not None
-    out, err = proc.stdout.read(), proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    peak = [0.0]
+
+    def poll() -> None:
+        while proc.poll() is None:
+            try:
+                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak[0] = max(peak[0], int(line.split()[1]) / 1024)
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
+    out, err = proc.communicate()
+    watcher.join()
     seconds = time.perf_counter() - t0
     if proc.returncode not in ok:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err.decode()[-3000:]}")
-    return seconds, usage.ru_maxrss / 1024, out.decode()
+    return seconds, peak[0], out.decode()
 
 
 class Bench:
