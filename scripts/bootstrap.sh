@@ -6,12 +6,16 @@ set -euo pipefail
 venv=${1:-.venv}
 extras=${2:-dev}
 python=${PYTHON:-python3}
+say() { printf 'bootstrap: %s\n' "$*" >&2; }
 if [ ! -x "$venv/bin/python" ]; then
+  say "creating the virtual environment $venv ($("$python" --version 2>&1))"
   "$python" -m venv "$venv"
 fi
 py="$venv/bin/python"
+say "updating pip"
 "$py" -m pip install -q --upgrade pip
 if ! "$py" -c 'import torch' 2>/dev/null; then
+  say "installing torch, CPU build (the largest download: a few minutes on a slow link)"
   # 1. a CPU wheel on this machine's disk / find-links (pip picks 2.13.0+cpu over 2.13.0)
   # 2. the PyTorch CPU index, where reachable
   # 3. plain PyPI as the last resort
@@ -19,4 +23,6 @@ if ! "$py" -c 'import torch' 2>/dev/null; then
     || "$py" -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu 2>/dev/null \
     || "$py" -m pip install -q torch
 fi
+say "installing patchctl (editable) with the extras [$extras]"
 "$py" -m pip install -q -e ".[$extras]"
+say "done: $venv is ready"
