@@ -35,15 +35,9 @@ step python examples/realmodel/prepare.py "$OUT" "${SMOKE[@]}" >"$OUT.paths" || 
 # shellcheck disable=SC1090
 source "$OUT.paths" && rm -f "$OUT.paths"
 
-# `patchctl validate` and `push --eval` (issue 9) score with lm-eval; until they exist the demo
-# scores with lm-eval directly (examples/realmodel/scores.py lm-eval).
-if patchctl validate --help >/dev/null 2>&1; then HAVE_VALIDATE=1; else HAVE_VALIDATE=0; fi
-
-heading "Push the patch Δθ with its lineage$([ $HAVE_VALIDATE = 1 ] && echo ', its eval set and its baseline on θ')"
-EVAL_ARGS=()
-[ $HAVE_VALIDATE = 1 ] && EVAL_ARGS=(--eval "$EVAL")
+heading "Push the patch Δθ with its lineage, its eval set and its baseline on θ"
 step patchctl push "$ADAPTER" --name "$NAME" --version 1.0.0 \
-  --task "movie-review sentiment (positive/negative)" --base "$THETA" --license apache-2.0 "${EVAL_ARGS[@]}"
+  --task "movie-review sentiment (positive/negative)" --base "$THETA" --license apache-2.0 --eval "$EVAL"
 step patchctl alias set "$NAME==1.0.0" stable
 
 heading "The provider releases θ′: record it as a descendant of θ"
@@ -63,16 +57,10 @@ fi
 step patchctl install "$NAME@stable" --onto "$THETA_PRIME" --out "$INSTALLED" >/dev/null
 
 heading "Validate: does the ported patch still do its job on θ′?"
-if [ $HAVE_VALIDATE = 1 ]; then
-  rc=0
-  step patchctl validate "$NAME@stable" --onto "$THETA_PRIME" --json >"$OUT/validate.json" || rc=$?
-  [ $rc = 0 ] || [ $rc = 22 ] || exit $rc
-  python examples/realmodel/scores.py from-validate "$OUT/validate.json" --task-dir "$EVAL"
-else
-  echo "(patchctl validate is not in this build: scoring with lm-eval directly)" >&2
-  step python examples/realmodel/scores.py lm-eval --task "$EVAL" --theta "$THETA" --adapter "$ADAPTER" \
-    --theta-prime "$THETA_PRIME" --installed "$INSTALLED"
-fi
+rc=0
+step patchctl validate "$NAME@stable" --onto "$THETA_PRIME" --json >"$OUT/validate.json" || rc=$?
+[ $rc = 0 ] || [ $rc = 22 ] || exit $rc # 22: the patch regressed on θ′ (the table shows by how much)
+python examples/realmodel/scores.py from-validate "$OUT/validate.json" --task-dir "$EVAL"
 
 heading "Next steps"
 cat >&2 <<EOF

@@ -5,7 +5,7 @@ Usage:
       the table from `patchctl validate REF --onto θ′ --json` (baseline recorded at push on θ)
   python examples/realmodel/scores.py lm-eval --task DIR --theta DIR --adapter DIR --theta-prime DIR --installed DIR
       scores the four models with lm-eval directly (lm_eval.simple_evaluate on an in-memory HFLM,
-      the same local task folder): what the demo does while `patchctl validate` is not there.
+      the same local task folder), for comparison with `patchctl validate`'s figures.
       θ + Δθ is PEFT's merge in memory, θ′ + Δθ the folder `patchctl install` wrote.
       Scores are remembered per model content in DIR/../scores.json (second run: no re-scoring).
 

@@ -94,6 +94,21 @@ def _chdir(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _no_git_probe() -> Iterator[None]:
+    """lm-eval records the git commit of the working directory by running `git describe`, which
+    prints "fatal: not a git repository" on stderr outside one; the eval folder is no repository,
+    so skip the probe (the hash is not used: patchctl records its own and lm-eval's versions)."""
+    import lm_eval.evaluator as evaluator
+
+    probe = evaluator.get_git_commit_hash
+    evaluator.get_git_commit_hash = lambda: None
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = probe
+
+
+@contextlib.contextmanager
 def _offline() -> Iterator[None]:
     keys = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")
     before = {k: os.environ.get(k) for k in keys}
@@ -155,6 +170,8 @@ class Scorer:
         if batch_size < 1:
             raise InvalidInputError("--batch-size must be at least 1")
         self.base = base
+        # lm-eval warns that an in-memory model is passed (that is the point): keep it to errors
+        logging.getLogger("lm_eval").setLevel(logging.ERROR)
         with _stdout_to_stderr():
             self.lm = HFLM(pretrained=base.model, tokenizer=base.tokenizer, batch_size=batch_size, device=base.device)
         self._progress: _RequestProgress | None = None
@@ -203,7 +220,7 @@ class Scorer:
         self._progress = _RequestProgress(label, progress)
         quiet = logging.getLogger("lm_eval")
         try:
-            with _offline(), _chdir(folder), _stdout_to_stderr():
+            with _offline(), _chdir(folder), _stdout_to_stderr(), _no_git_probe():
                 tm = TaskManager(include_path=str(folder), include_defaults=False)
                 quiet.setLevel(logging.ERROR)
                 results = lm_eval.simple_evaluate(
