@@ -214,14 +214,12 @@ def _target_base(settings: Settings, text: str, *, progress: bool) -> TargetBase
         from patchctl.remotes import remote_base_facts
 
         return TargetBase(str(ref), remote_base_facts(ref), None, ref)
-
     return TargetBase(str(ref.path), read_base(ref.path, show_progress=progress, settings=settings), ref.path, None)
 
 
 def _drift_source(settings: Settings, source: PatchSource, given: Path | None) -> Path:
     """The source base directory to measure drift from: ``given``, else the manifest's source path
     when it still exists; its weights must be the ones the patch was trained on."""
-
     if given is None:
         recorded = Path(source.manifest.source_base.repo) if source.manifest else None
         if recorded is None or not recorded.is_dir():

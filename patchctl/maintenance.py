@@ -84,14 +84,12 @@ class GcReport:
 
 
 def _all_versions(settings: Settings) -> list[VersionInfo]:
-
     with catalog(settings) as cat:
         return [v for p in cat.list_patches() for v in cat.list_versions(p.name)]
 
 
 def _install_parents(settings: Settings) -> set[Path]:
     """The folders installs wrote into: where killed installs left their temporary siblings."""
-
     with catalog(settings) as cat:
         return {Path(i.out_path).parent for p in cat.list_patches() for i in cat.list_installs(p.name)}
 
