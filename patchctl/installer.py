@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from patchctl import __version__
 from patchctl._fs import pid_alive
+from patchctl._session import catalog, materialize_version, read_base
 from patchctl.errors import (
     CheckFailedError,
     ConflictError,
@@ -117,9 +118,7 @@ def patch_ref_or_directory(settings: Settings, text: str) -> PatchRef | HubRef |
     except RefError:
         named = None
     if isinstance(named, PatchRef) and named.version is None and named.spec is None and named.alias is None:
-        from patchctl import api
-
-        with api.catalog(settings) as cat:
+        with catalog(settings) as cat:
             in_catalog = named.name in {p.name for p in cat.list_patches(named.name.split("/", 1)[0])}
         if in_catalog:
             log.warning(
@@ -135,7 +134,7 @@ def patch_ref_or_directory(settings: Settings, text: str) -> PatchRef | HubRef |
 def _patch_source(settings: Settings, text: str, *, progress: bool) -> PatchSource:
     """The patch a user named, ready to check: a local adapter directory as it is, or a catalog
     (or remote, pulled first) version laid out under the home."""
-    from patchctl import api
+    from patchctl.sync import pull
 
     ref = patch_ref_or_directory(settings, text)
     if isinstance(ref, PathRef):
@@ -156,10 +155,10 @@ def _patch_source(settings: Settings, text: str, *, progress: bool) -> PatchSour
         # an absolute path: the ref lands in reports and provenance, read later from elsewhere
         return PatchSource(str(adapter_dir.resolve()), adapter_dir, manifest, None)
     if isinstance(ref, (HubRef, RemoteRef)):
-        version = api.pull(settings, text, progress=progress).version
+        version = pull(settings, text, progress=progress).version
     else:
         assert isinstance(ref, PatchRef)
-        with api.catalog(settings) as cat:
+        with catalog(settings) as cat:
             resolved = cat.resolve(ref)
         version = resolved.version
         if version.yanked:
@@ -171,7 +170,6 @@ def _materialized(settings: Settings, version: VersionInfo) -> Path:
     """The version as a PEFT adapter directory, kept at ``<home>/adapters/<content digest>``
     (hard links to the read-only store files) so the path recorded in an install's
     ``patchctl.json`` stays valid. Laid out in a temporary sibling and renamed into place."""
-    from patchctl import api
     from patchctl.registry.blobs import BlobStore, layout_problems
 
     dest = settings.home / "adapters" / version.content_digest
@@ -196,7 +194,7 @@ def _materialized(settings: Settings, version: VersionInfo) -> Path:
     _clean_stale_materializations(dest.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f"{_MATERIALIZE_PREFIX}{os.getpid()}-", dir=dest.parent))
     try:
-        api.materialize_version(settings, version, tmp / "adapter")
+        materialize_version(settings, version, tmp / "adapter")
         if damaged:  # move the damaged layout aside (a concurrent reader keeps its open files)
             with contextlib.suppress(FileNotFoundError):
                 os.rename(dest, tmp / "damaged")
@@ -216,16 +214,12 @@ def _target_base(settings: Settings, text: str, *, progress: bool) -> TargetBase
         from patchctl.remotes import remote_base_facts
 
         return TargetBase(str(ref), remote_base_facts(ref), None, ref)
-    from patchctl.api import read_base
-
     return TargetBase(str(ref.path), read_base(ref.path, show_progress=progress, settings=settings), ref.path, None)
 
 
 def _drift_source(settings: Settings, source: PatchSource, given: Path | None) -> Path:
     """The source base directory to measure drift from: ``given``, else the manifest's source path
     when it still exists; its weights must be the ones the patch was trained on."""
-    from patchctl.api import read_base
-
     if given is None:
         recorded = Path(source.manifest.source_base.repo) if source.manifest else None
         if recorded is None or not recorded.is_dir():
@@ -247,12 +241,11 @@ def _drift_source(settings: Settings, source: PatchSource, given: Path | None) -
 def _run(
     settings: Settings, source: PatchSource, target: TargetBase, *, drift_from: Path | None = None, drift: bool = False
 ) -> CheckOutcome:
-    from patchctl import api
     from patchctl.checks import drift_report, read_adapter_for_checks, run_checks
 
     layout = read_adapter_for_checks(source.adapter_dir)
     report_id = None
-    with api.catalog(settings) as cat:
+    with catalog(settings) as cat:
         ancestors = {a.base.weights_sha256 for a in cat.ancestors(target.facts.weights_sha256)}
         report = run_checks(
             layout, target.facts, manifest=source.manifest, target_ancestors=ancestors, patch=source.ref
@@ -399,7 +392,6 @@ def install(
     refusal or the merge), so that a caller can show it first. ``max_memory`` bounds the merge's
     peak RSS (default 512 MiB; LoRA deltas larger than the budget are computed in row blocks).
     """
-    from patchctl import api
     from patchctl.adapter import read_adapter
     from patchctl.merge import RichMergeProgress, plan_merge, write_rebased_adapter
 
@@ -479,7 +471,7 @@ def install(
         )
     install_id = None
     if source.version is not None:
-        with api.catalog(settings) as cat:
+        with catalog(settings) as cat:
             install_id = cat.record_install(
                 source.version.name,
                 source.version.version,

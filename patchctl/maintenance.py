@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from patchctl._fs import pid_alive, sha256_file
+from patchctl._session import catalog
 from patchctl.registry.blobs import BlobStore, layout_problems
 from patchctl.registry.records import VersionInfo
 from patchctl.schemas.manifest import MANIFEST_FILE
@@ -83,16 +84,12 @@ class GcReport:
 
 
 def _all_versions(settings: Settings) -> list[VersionInfo]:
-    from patchctl.api import catalog
-
     with catalog(settings) as cat:
         return [v for p in cat.list_patches() for v in cat.list_versions(p.name)]
 
 
 def _install_parents(settings: Settings) -> set[Path]:
     """The folders installs wrote into: where killed installs left their temporary siblings."""
-    from patchctl.api import catalog
-
     with catalog(settings) as cat:
         return {Path(i.out_path).parent for p in cat.list_patches() for i in cat.list_installs(p.name)}
 

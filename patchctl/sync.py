@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from patchctl._session import PublishedCopy, Publisher, catalog, checked_adapter
 from patchctl.errors import InvalidInputError
 from patchctl.registry.blobs import BlobStore
 from patchctl.registry.records import RemoteCopy, VersionInfo
@@ -19,7 +20,6 @@ from patchctl.schemas.refs import HubRef, PatchRef, RemoteRef, parse_patch_ref
 from patchctl.settings import Settings
 
 if TYPE_CHECKING:
-    from patchctl.api import Publisher
     from patchctl.remotes import RemotePatch, VersionWanted
 
 __all__ = ["PullResult", "publisher_for", "pull", "remote_url_for", "search"]
@@ -31,8 +31,7 @@ def remote_url_for(settings: Settings, to: str | None) -> str | None:
 
 
 def publisher_for(url: str) -> Publisher:
-    """A ``patchctl.api.Publisher`` that publishes to ``url`` (hf://org/repo, hf://org, file:///dir)."""
-    from patchctl.api import PublishedCopy
+    """A :data:`~patchctl._session.Publisher` that publishes to ``url`` (hf://org/repo, hf://org, file:///dir)."""
     from patchctl.remotes import model_card, open_remote
 
     remote = open_remote(url)
@@ -72,7 +71,6 @@ def _remote_and_wanted(settings: Settings, text: str) -> tuple[str, VersionWante
 
 def pull(settings: Settings, text: str, *, progress: bool = True) -> PullResult:
     """Fetch a version from a remote, verify it, store its files and record it with its origin."""
-    from patchctl.api import catalog, checked_adapter
     from patchctl.remotes import open_remote
 
     url, wanted, name = _remote_and_wanted(settings, text)

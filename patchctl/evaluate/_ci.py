@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from patchctl._session import catalog
 from patchctl.errors import PatchctlError
 from patchctl.evaluate._run import ValidationOutcome, _local_base, _materialize_or_fetch, _Session, _validate_one
 from patchctl.settings import Settings
@@ -69,11 +70,10 @@ class CiOutcome:
 
 def _candidates(settings: Settings, patches: str | None, family: str | None) -> list[Any]:
     """Newest non-yanked version of every catalog patch matching the glob/family that carries an eval set."""
-    from patchctl import api
     from patchctl.schemas.refs import PatchRef
 
     out = []
-    with api.catalog(settings) as cat:
+    with catalog(settings) as cat:
         for summary in cat.list_patches():
             if patches and not fnmatch.fnmatchcase(summary.name, patches):
                 continue
@@ -109,7 +109,6 @@ def ci(
 ) -> CiOutcome:
     """Re-validate every matching patch on ``onto``: the base is loaded once; each patch is
     checked, applied, scored, removed. ``promote`` moves that alias to passing versions only."""
-    from patchctl import api
     from patchctl.evaluate._score import LOADS
     from patchctl.installer import PatchSource, _run, _target_base
 
@@ -156,7 +155,7 @@ def ci(
             continue
         promoted = None
         if promote is not None and outcome.verdict == "pass":
-            with api.catalog(settings) as cat:
+            with catalog(settings) as cat:
                 cat.set_alias(
                     version.name,
                     promote,

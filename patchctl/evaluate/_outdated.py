@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from patchctl._session import catalog
 from patchctl.schemas.refs import HubRef, PatchRef, parse_base_ref
 from patchctl.settings import Settings
 
@@ -42,10 +43,9 @@ def _repo_branch(text: str) -> tuple[str, str] | None:
 
 
 def outdated(settings: Settings) -> list[OutdatedPatch]:
-    from patchctl import api
     from patchctl.remotes import remote_base_facts
 
-    with api.catalog(settings) as cat:
+    with catalog(settings) as cat:
         bases = {b.weights_sha256: b for b in cat.list_bases()}
         validations = cat.list_all_validations()
         # (repo, branch) -> patch names that belong to it

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from patchctl import __version__
+from patchctl._session import catalog
 from patchctl.errors import CheckFailedError, InvalidInputError, NotFoundError, PatchctlError
 from patchctl.evaluate._spec import read_eval_folder, refuse_untrusted_code
 from patchctl.evaluate._verdict import TaskVerdict, Verdict, judge_task, overall_verdict
@@ -125,9 +126,8 @@ def _baselines(settings: Settings, source: Any, spec: EvalSpec) -> dict[str, tup
             out[t.task] = (t.baseline.patched, t.baseline.unpatched)
     if source.version is None or source.manifest is None:
         return out
-    from patchctl import api
 
-    with api.catalog(settings) as cat:
+    with catalog(settings) as cat:
         rows = cat.list_validations(
             source.version.name,
             source.version.version,
@@ -180,7 +180,6 @@ def _validate_one(
     trust_eval_code: bool,
     progress: bool,
 ) -> ValidationOutcome:
-    from patchctl import api
     from patchctl.evaluate._score import lm_eval_version
 
     folder, spec = _eval_folder(source.adapter_dir, source.manifest, source.ref, trust=trust_eval_code)
@@ -211,7 +210,7 @@ def _validate_one(
     version = lm_eval_version()
     validation_id = None
     if source.version is not None:
-        with api.catalog(settings) as cat:
+        with catalog(settings) as cat:
             validation_id = cat.record_validation(
                 source.version.name,
                 source.version.version,
@@ -310,14 +309,13 @@ def validate(
 
 def _fetched_source(settings: Settings, patch: str, *, progress: bool, error: NotFoundError) -> Any:
     """A catalog version whose files must first be pulled from its recorded remote copy."""
-    from patchctl import api
     from patchctl.installer import PatchSource
     from patchctl.schemas.refs import PatchRef, parse_patch_ref
 
     ref = parse_patch_ref(patch)
     if not isinstance(ref, PatchRef):
         raise error
-    with api.catalog(settings) as cat:
+    with catalog(settings) as cat:
         version = cat.resolve(ref).version
     return PatchSource(
         version.ref, _materialize_or_fetch(settings, version, progress=progress), version.manifest, version
@@ -328,13 +326,13 @@ def _materialize_or_fetch(settings: Settings, version: Any, *, progress: bool) -
     """The version laid out as an adapter directory; when its files are not in this machine's
     store (a CI runner sharing a PostgreSQL catalog), they are pulled from a recorded remote copy
     first, sha256-verified."""
-    from patchctl import api
     from patchctl.installer import _materialized
+    from patchctl.sync import pull
 
     try:
         return _materialized(settings, version)
     except NotFoundError:
-        with api.catalog(settings) as cat:
+        with catalog(settings) as cat:
             copies = cat.list_remotes(version.name, version.version)
         if not copies:
             raise
@@ -343,7 +341,7 @@ def _materialize_or_fetch(settings: Settings, version: Any, *, progress: bool) -
             tail = copy.url.rsplit("/", 1)[-1]
             url = copy.url if "@" in tail else f"{copy.url}@{version.version}"
             try:
-                api.pull(settings, url, progress=progress)
+                pull(settings, url, progress=progress)
                 return _materialized(settings, version)
             except PatchctlError as exc:
                 last = exc

@@ -249,42 +249,27 @@ def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
     Raises UnsupportedError for what cannot be merged exactly (conv LoRA, non-float tensors,
     two deltas on one tensor) and InvalidInputError for inputs that do not fit (unmatched or
     ambiguous keys, shape mismatches, unpaired LoRA tensors).
+
+    The steps, in order: refuse adapters the engine cannot merge (:func:`_check_adapter`); read
+    the base's headers (:func:`_read_headers`); map the adapter onto the base's tensors and apply
+    the tied-embedding rules (:func:`_refuse_tied_head_tying`, :func:`_untie_plan`); refuse what
+    does not map (:func:`_refuse_unmapped`); build each output tensor's changes
+    (:func:`_add_adapter_actions`) and validate them (:func:`_order_and_check_actions`); choose
+    the fp32-kept tensors (:func:`_fp32_kept`); assemble the shards (:func:`_shard_plan`) and the
+    rest of the output directory (:func:`_classify_base_files`, :func:`_index_extra`).
     """
     base_dir = Path(base_dir).expanduser()
-    if not base_dir.is_dir():
-        raise InvalidInputError(f"{base_dir}: base directory does not exist")
-    adapter.config.require_lora()
-    if adapter.problems:
-        raise InvalidInputError(f"{adapter.path}: " + "; ".join(adapter.problems))
-    for p in adapter.pairs:
-        if p.kind == "conv":
-            raise UnsupportedError(f"{p.module}: LoRA on a convolution is not supported by the merge engine")
+    _check_adapter(adapter, base_dir)
     config = read_config(base_dir)
     files = weight_file_names(base_dir)
     sharded = (base_dir / INDEX_FILE).is_file()
-    headers = {f: read_safetensors_header(base_dir / f) for f in files}
-    where: dict[str, str] = {}
-    for f, h in headers.items():
-        for name in h:
-            if name != "__metadata__":
-                if name in where:
-                    raise InvalidInputError(f"{base_dir}: tensor {name} appears in both {where[name]} and {f}")
-                where[name] = f
-    names = set(where)
+    headers, where = _read_headers(base_dir, files)
 
+    names = set(where)
     mapping = map_to_base(adapter, names, config)
     tied = tied_embedding(config, names)
-    if (
-        adapter.config.raw.get("ensure_weight_tying")
-        and tied
-        and (
-            any(is_lm_head(r.target) for r in adapter.written_replacements)
-            or any(is_lm_head(p.target) for p in adapter.pairs)
-        )
-    ):
-        raise UnsupportedError("ensure_weight_tying with a patched tied lm_head is not supported by the merge engine")
+    _refuse_tied_head_tying(adapter, tied)
     targets = dict(mapping.targets)
-    unmatched = list(mapping.unmatched)
     untie = _untie_plan(adapter, mapping, tied)
     targets.update(untie.targets)
     added = dict(untie.added)  # a tensor the output gains -> the tied base tensor it starts from
@@ -296,6 +281,71 @@ def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
             f"{r.key} is a copy of the source base's {r.target} (PEFT save_embedding_layers): not written; "
             "this base's own tensor is used"
         )
+    _refuse_unmapped(adapter, base_dir, mapping)
+
+    _add_adapter_actions(adapter, config, mapping, targets, actions)
+    _order_and_check_actions(adapter, actions, added, headers, where)
+
+    fp32 = _fp32_kept(base_dir, config, headers, actions, notes)
+    shards = [_shard_plan(f, headers[f], where, added, actions, fp32) for f in files]
+    copied, skipped = _classify_base_files(base_dir, files)
+    return MergePlan(
+        adapter=adapter,
+        base_dir=base_dir,
+        shards=tuple(shards),
+        copied_files=tuple(copied),
+        skipped=skipped,
+        sharded=sharded,
+        config_changes=config_changes,
+        index_extra=_index_extra(base_dir) if sharded else {},
+        notes=tuple(notes),
+    )
+
+
+def _check_adapter(adapter: AdapterLayout, base_dir: Path) -> None:
+    """Refuse a missing base directory, a non-LoRA adapter, an adapter with problems (unpaired
+    tensors...) and LoRA on a convolution, before anything of the base is read."""
+    if not base_dir.is_dir():
+        raise InvalidInputError(f"{base_dir}: base directory does not exist")
+    adapter.config.require_lora()
+    if adapter.problems:
+        raise InvalidInputError(f"{adapter.path}: " + "; ".join(adapter.problems))
+    for p in adapter.pairs:
+        if p.kind == "conv":
+            raise UnsupportedError(f"{p.module}: LoRA on a convolution is not supported by the merge engine")
+
+
+def _read_headers(base_dir: Path, files: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The safetensors header of each weight file, and the file each tensor is in (a tensor in
+    two files is refused)."""
+    headers = {f: read_safetensors_header(base_dir / f) for f in files}
+    where: dict[str, str] = {}
+    for f, h in headers.items():
+        for name in h:
+            if name != "__metadata__":
+                if name in where:
+                    raise InvalidInputError(f"{base_dir}: tensor {name} appears in both {where[name]} and {f}")
+                where[name] = f
+    return headers, where
+
+
+def _refuse_tied_head_tying(adapter: AdapterLayout, tied: str | None) -> None:
+    """``ensure_weight_tying`` asks PEFT to keep a patched head tied to the embedding: refused on a
+    tied base whose head the patch changes (the engine unties instead)."""
+    if (
+        adapter.config.raw.get("ensure_weight_tying")
+        and tied
+        and (
+            any(is_lm_head(r.target) for r in adapter.written_replacements)
+            or any(is_lm_head(p.target) for p in adapter.pairs)
+        )
+    ):
+        raise UnsupportedError("ensure_weight_tying with a patched tied lm_head is not supported by the merge engine")
+
+
+def _refuse_unmapped(adapter: AdapterLayout, base_dir: Path, mapping: BaseMapping) -> None:
+    """Refuse adapter targets without a base tensor, or with several (the first five of each)."""
+    unmatched = list(mapping.unmatched)
     if unmatched or mapping.ambiguous:
         parts = []
         if unmatched:
@@ -305,6 +355,17 @@ def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
             parts.append(f"{t} matches several base tensors ({', '.join(cands)})")
         raise InvalidInputError(f"{adapter.path} onto {base_dir}: " + "; ".join(parts))
 
+
+def _add_adapter_actions(
+    adapter: AdapterLayout,
+    config: Mapping[str, Any],
+    mapping: BaseMapping,
+    targets: Mapping[str, str],
+    actions: dict[str, list[Action]],
+) -> None:
+    """Add to ``actions`` (output tensor -> changes) what each written replacement and each LoRA
+    pair does: a replacement, a delta (transposed where the base stores the weight so), a delta
+    on each piece of a parameter (experts), a bias delta."""
     for r in adapter.written_replacements:
         actions.setdefault(targets[r.target], []).append(Action("replace", replacement=r))
     for p in adapter.pairs:
@@ -319,11 +380,26 @@ def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
         actions.setdefault(targets[p.target], []).append(Action("lora", pair=p, transpose=transpose))
         if p.bias_key:
             actions.setdefault(targets[p.bias_target], []).append(Action("lora_bias", pair=p))
-    order = {"replace": 0, "copy_of": 0, "lora": 1, "lora_param": 1, "lora_bias": 2}
+
+
+#: the order changes apply in on one tensor: replace (or start from a copy), then delta, then bias
+_ACTION_ORDER = {"replace": 0, "copy_of": 0, "lora": 1, "lora_param": 1, "lora_bias": 2}
+
+
+def _order_and_check_actions(
+    adapter: AdapterLayout,
+    actions: dict[str, list[Action]],
+    added: Mapping[str, str],
+    headers: Mapping[str, Mapping[str, Any]],
+    where: Mapping[str, str],
+) -> None:
+    """Put each tensor's changes in the order they apply (a replacement wins over a copy), refuse
+    two deltas or two replacements on one tensor, and check every change's shape against the
+    base tensor (for an added tensor: the tied tensor it starts from)."""
     for name, acts in actions.items():
         if any(a.kind == "replace" for a in acts):  # e.g. a saved base_layer for an untied lm_head
             acts[:] = [a for a in acts if a.kind != "copy_of"]
-        acts.sort(key=lambda a: order[a.kind])
+        acts.sort(key=lambda a: _ACTION_ORDER[a.kind])
         if (
             sum(a.kind in ("lora", "lora_param") for a in acts) > 1
             or sum(a.kind in ("replace", "copy_of") for a in acts) > 1
@@ -332,61 +408,58 @@ def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
         src = added.get(name, name)
         _check_shapes(name, headers[where[src]][src], acts, adapter)
 
-    fp32 = _fp32_kept(base_dir, config, headers, actions, notes)
-    shards: list[ShardPlan] = []
-    for f in files:
-        h = headers[f]
-        tensors: list[TensorPlan] = []
-        for name, info in h.items():
-            if name == "__metadata__":
-                continue
-            base_dtype = str(info["dtype"])
-            tensors.append(
-                TensorPlan(
-                    name=name,
-                    dtype="F32" if name in fp32 else base_dtype,
-                    shape=tuple(int(d) for d in info["shape"]),
-                    src_offsets=(int(info["data_offsets"][0]), int(info["data_offsets"][1])),
-                    actions=tuple(actions.get(name, ())),
-                    source_dtype=base_dtype if name in fp32 else None,
-                )
-            )
-        for new_name, beside in sorted(added.items()):
-            if where[beside] == f:
-                info = h[beside]
-                shape = tuple(int(d) for d in info["shape"])
-                tensors.append(TensorPlan(new_name, str(info["dtype"]), shape, None, tuple(actions[new_name])))
-        for tp in tensors:
-            if tp.dtype not in DTYPE_SIZES:
-                raise UnsupportedError(f"{f}: tensor {tp.name} has dtype {tp.dtype}, which patchctl cannot copy")
-            if tp.touched and tp.dtype not in FLOAT_DTYPES:
-                raise UnsupportedError(
-                    f"{tp.name}: dtype {tp.dtype} (a quantized base?) cannot be merged; use a float16/bfloat16/float32 base"
-                )
-        meta = h.get("__metadata__")
-        metadata = {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
-        metadata.setdefault("format", "pt")
-        shards.append(ShardPlan(file=f, tensors=tuple(tensors), metadata=metadata))
 
-    copied, skipped = _classify_base_files(base_dir, files)
-    index_extra: dict[str, Any] = {}
-    if sharded:
-        try:
-            index = json.loads((base_dir / INDEX_FILE).read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidInputError(f"{base_dir / INDEX_FILE}: not valid JSON ({exc})") from None
-        index_extra = {k: v for k, v in index.items() if k != "weight_map"}
-    return MergePlan(
-        adapter=adapter,
-        base_dir=base_dir,
-        shards=tuple(shards),
-        copied_files=tuple(copied),
-        skipped=skipped,
-        sharded=sharded,
-        config_changes=config_changes,
-        index_extra=index_extra,
-        notes=tuple(notes),
-    )
+def _shard_plan(
+    f: str,
+    h: Mapping[str, Any],
+    where: Mapping[str, str],
+    added: Mapping[str, str],
+    actions: Mapping[str, list[Action]],
+    fp32: set[str],
+) -> ShardPlan:
+    """The output file mirroring base file ``f`` (header ``h``): its tensors in the header's order
+    with their changes (fp32-kept ones widened), then the tensors the merge adds beside their tied
+    source; dtypes patchctl cannot copy, or cannot merge into, are refused."""
+    tensors: list[TensorPlan] = []
+    for name, info in h.items():
+        if name == "__metadata__":
+            continue
+        base_dtype = str(info["dtype"])
+        tensors.append(
+            TensorPlan(
+                name=name,
+                dtype="F32" if name in fp32 else base_dtype,
+                shape=tuple(int(d) for d in info["shape"]),
+                src_offsets=(int(info["data_offsets"][0]), int(info["data_offsets"][1])),
+                actions=tuple(actions.get(name, ())),
+                source_dtype=base_dtype if name in fp32 else None,
+            )
+        )
+    for new_name, beside in sorted(added.items()):
+        if where[beside] == f:
+            info = h[beside]
+            shape = tuple(int(d) for d in info["shape"])
+            tensors.append(TensorPlan(new_name, str(info["dtype"]), shape, None, tuple(actions[new_name])))
+    for tp in tensors:
+        if tp.dtype not in DTYPE_SIZES:
+            raise UnsupportedError(f"{f}: tensor {tp.name} has dtype {tp.dtype}, which patchctl cannot copy")
+        if tp.touched and tp.dtype not in FLOAT_DTYPES:
+            raise UnsupportedError(
+                f"{tp.name}: dtype {tp.dtype} (a quantized base?) cannot be merged; use a float16/bfloat16/float32 base"
+            )
+    meta = h.get("__metadata__")
+    metadata = {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+    metadata.setdefault("format", "pt")
+    return ShardPlan(file=f, tensors=tuple(tensors), metadata=metadata)
+
+
+def _index_extra(base_dir: Path) -> dict[str, Any]:
+    """The base index's top-level keys other than ``weight_map`` (kept in the output's index)."""
+    try:
+        index = json.loads((base_dir / INDEX_FILE).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInputError(f"{base_dir / INDEX_FILE}: not valid JSON ({exc})") from None
+    return {k: v for k, v in index.items() if k != "weight_map"}
 
 
 def _fp32_kept(
