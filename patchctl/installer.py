@@ -413,6 +413,9 @@ def install(
     report = outcome.report
     if on_report is not None:
         on_report(report)
+    # an adapter that is not plain LoRA (DoRA, an init that rewrites the base: PiSSA, OLoRA...) is
+    # unsupported (exit 6, the fix in the message), with or without --force; the report is shown first
+    layout = read_adapter(source.adapter_dir)
     if report.failed and not force:
         raise CheckFailedError(
             f"{report.summary()}; refusing to install",
@@ -421,7 +424,6 @@ def install(
         )
     if report.failed:
         log.warning("installing despite failed checks (--force): %s", ", ".join(r.name for r in report.failed))
-    layout = read_adapter(source.adapter_dir)  # unsupported variants stop here, even with --force
     forced = bool(force and report.failed)
     provenance = {
         "patch": source.ref,

@@ -182,7 +182,7 @@ def test_unsupported_variant_is_refused_even_with_force(
     out = tmp_path / "out"
     report = api.check(local_settings, str(dora_adapter), onto=str(pico_llama), progress=False).report
     assert report.status == "fail" and "format" in {r.name for r in report.failed}
-    with pytest.raises(CheckFailedError):
+    with pytest.raises(UnsupportedError, match="DoRA"):  # unsupported, not merely failing checks
         api.install(local_settings, str(dora_adapter), onto=str(pico_llama), out=out, progress=False)
     with pytest.raises(UnsupportedError, match="DoRA"):
         api.install(local_settings, str(dora_adapter), onto=str(pico_llama), out=out, force=True, progress=False)

@@ -65,8 +65,14 @@ def test_base_rewriting_init_refused_by_check_and_install_converted_installs_exa
     assert report.results[0].status == "fail"
     assert "path_initial_model_for_weight_conversion" in report.results[0].detail
     home, out_dir = tmp_path / "home", tmp_path / "o"
-    res = run_cli(["--home", home, "install", raw, "--onto", pico_llama, "--out", out_dir])
-    assert res.code == 21 and "path_initial_model_for_weight_conversion" in res.stderr, res.stderr
+    res = run_cli(
+        ["--home", home, "push", raw, "--name", "acme/pissa", "--version", "1", "--task", "t", "--base", pico_llama]
+    )
+    assert res.code == 6 and "path_initial_model_for_weight_conversion" in res.stderr, res.stderr
+    for extra in ([], ["--force"]):  # unsupported, not merely failing checks: --force changes nothing
+        res = run_cli(["--home", home, "install", raw, "--onto", pico_llama, "--out", out_dir, *extra])
+        assert res.code == 6 and "path_initial_model_for_weight_conversion" in res.stderr, res.stderr
+        assert "format" in res.stdout + res.stderr  # the check report is shown first
     res = run_cli(["--home", home, "install", raw, "--onto", pico_llama, "--out", out_dir, "--force"])
     assert res.code == 6 and "path_initial_model_for_weight_conversion" in res.stderr, res.stderr
     assert not out_dir.exists()
