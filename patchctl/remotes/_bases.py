@@ -79,6 +79,7 @@ class _HubBase:
     def read(self, commit: str, filename: str, *, start: int = 0, length: int | None = None) -> bytes:
         """Bytes ``[start, start+length)`` of a file (the whole file when length is None), streamed:
         if the server ignores the Range header, reading stops after ``length`` bytes anyway."""
+        from huggingface_hub import constants
         from huggingface_hub.utils._http import get_session, hf_raise_for_status
 
         headers = self.headers()
@@ -87,7 +88,10 @@ class _HubBase:
         out = bytearray()
         with (
             self.errors(f"read {filename}"),
-            get_session().stream("GET", self.url(commit, filename), headers=headers) as response,
+            # the client's session has no timeout: a stalled Hub would hang here for good
+            get_session().stream(
+                "GET", self.url(commit, filename), headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT
+            ) as response,
         ):
             if response.status_code >= 400:
                 response.read()

@@ -142,6 +142,11 @@ def translate(exc: BaseException, what: str, endpoint: str, token: str | None) -
                 scrub(f"{what}: {endpoint} answered HTTP {status}{suffix}", token),
                 hint="the Hub may be having trouble; retry later",
             )
+        if isinstance(e, (httpx2.TimeoutException, TimeoutError)):
+            return RemoteError(
+                scrub(f"{what}: {endpoint} timed out ({type(e).__name__}: {_first_line(e)})", token),
+                hint="the Hub stopped answering; retry later (HF_HUB_DOWNLOAD_TIMEOUT sets the limit)",
+            )
         if isinstance(e, (httpx2.TransportError, OfflineModeIsEnabled, ConnectionError)):
             return RemoteError(
                 scrub(f"{what}: cannot reach {endpoint} ({type(e).__name__}: {_first_line(e)})", token),

@@ -96,7 +96,10 @@ class Repo:
 @dataclass
 class Fault:
     """One injected failure. ``mode``: ``status`` (answer ``status`` with a JSON error), ``drop``
-    (send headers, then half the body, then close the connection), ``reset`` (close at once)."""
+    (send headers, then half the body, then close the connection), ``reset`` (close at once),
+    ``stall`` (hold the answer ``delay`` seconds: a file download sends its headers and half the body
+    first, any other route sends nothing; then the connection is closed) — longer than the client's
+    timeout, it is a Hub that stops answering mid-request."""
 
     status: int = 500
     method: str | None = None
@@ -104,6 +107,7 @@ class Fault:
     route: str | None = None
     mode: str = "status"
     remaining: int = 1
+    delay: float = 5.0
 
     def matches(self, method: str, path: str, route: str) -> bool:
         return (
@@ -197,6 +201,7 @@ class HubServer:
         self._thread: threading.Thread | None = None
         self._upload_secret = secrets.token_hex(8)
         self.connections: set[socket.socket] = set()
+        self.stopping = threading.Event()  # set by stop(): stalled answers end at once
 
     # ---- lifecycle ------------------------------------------------------------------------
     @property
@@ -213,12 +218,14 @@ class HubServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
+        self.stopping.clear()
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
         """Stop listening (the storage is kept: :meth:`start` again serves the same repos on the same port)."""
+        self.stopping.set()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -255,8 +262,9 @@ class HubServer:
         path_contains: str | None = None,
         route: str | None = None,
         mode: str = "status",
+        delay: float = 5.0,
     ) -> Fault:
-        fault = Fault(status, method, path_contains, route, mode, count)
+        fault = Fault(status, method, path_contains, route, mode, count, delay)
         with self.lock:
             self.faults.append(fault)
         return fault
@@ -403,6 +411,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_hub: HubServer
     protocol_version = "HTTP/1.1"
     _body: bytes = b""
+    _stall: float | None = None
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
@@ -511,6 +520,14 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if fault is not None and fault.mode == "status":
                 raise HttpError(fault.status, f"Injected failure ({fault.status})")
+            self._stall = fault.delay if fault is not None and fault.mode == "stall" else None
+            if self._stall is not None and not (route == "resolve" and self.command == "GET"):
+                self.hub.stopping.wait(self._stall)
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                self._record(route, 0, 0)
+                return
             self._check_auth(route)
             if handler is None:
                 raise HttpError(404, f"Not found: {parts.path}")
@@ -942,7 +959,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "HEAD":
             self._record("resolve", status, overhead)
             return
-        limit = length // 2 if drop else length
+        stall = self._stall
+        limit = length // 2 if drop or stall is not None else length
         written = 0
         try:
             with open(blob, "rb") as f:
@@ -955,7 +973,13 @@ class _Handler(BaseHTTPRequestHandler):
                     written += len(chunk)
         finally:
             self._record("resolve", status, overhead + written)
-        if drop:
+        if stall is not None:
+            self.wfile.flush()
+            self.hub.stopping.wait(stall)
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+        elif drop:
             self.wfile.flush()
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)

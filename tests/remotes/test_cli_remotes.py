@@ -686,3 +686,74 @@ def test_hub_fault_mid_download_then_retry(published: Side, mode: str, status: i
     r = cli(home, "pull", published.pull_url + "@1.0.0")
     assert r.code == 0, r.stderr
     assert n_versions(home) == 1 and cli(home, "verify").code == 0
+
+
+@pytest.fixture
+def short_hub_timeouts(monkeypatch: pytest.MonkeyPatch) -> float:
+    """huggingface_hub's documented HF_HUB_DOWNLOAD_TIMEOUT / HF_HUB_ETAG_TIMEOUT, set to one second
+    (the CLI runs in this process, where the client has read them at import: set them there too)."""
+    import huggingface_hub.constants as constants
+
+    for var in ("HF_HUB_DOWNLOAD_TIMEOUT", "HF_HUB_ETAG_TIMEOUT"):
+        monkeypatch.setenv(var, "1")
+        monkeypatch.setattr(constants, var, 1)
+    return 1.0
+
+
+def _one_error_line(r: CliResult) -> str:
+    assert "Traceback" not in r.stderr, r.stderr
+    [line] = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    return line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("side", ["hf"], indirect=True)
+@pytest.mark.parametrize("path", ["adapter_model.safetensors", "patch.json"])
+def test_hub_stall_mid_pull_then_retry(published: Side, path: str, short_hub_timeouts: float, tmp_path: Path) -> None:
+    """Issue 8: the Hub stops answering mid-download (longer than the client's timeout): exit 8 with one
+    line that says so, nothing recorded, the store valid (`patchctl verify` passes); the retry succeeds."""
+    assert published.hub is not None
+    home = tmp_path / "fresh"
+    published.hub.fail_next(
+        20, method="GET", route="resolve", path_contains=path, mode="stall", delay=3 * short_hub_timeouts
+    )
+    r = cli(home, "pull", published.pull_url + "@1.0.0")
+    assert r.code == 8, (r.code, r.stderr)
+    line = _one_error_line(r)
+    assert "timed out" in line and published.hub.url in line, line
+    assert n_versions(home) == 0
+    assert_store_valid(home)
+    assert cli(home, "verify").code == 0
+    published.hub.faults.clear()
+    r = cli(home, "pull", published.pull_url + "@1.0.0")
+    assert r.code == 0, r.stderr
+    assert n_versions(home) == 1 and cli(home, "verify").code == 0
+
+
+@pytest.mark.slow
+def test_hub_stall_mid_base_download_then_retry(
+    hub: HubServer, short_hub_timeouts: float, tmp_path: Path, llama_adapter: Path, pico_llama: Path
+) -> None:
+    """Issue 8: `install --onto hf://` whose base download stalls: exit 8, one line, no --out, no
+    install recorded, `verify` passes; the retry installs the same model as from the local base."""
+    hub.seed_repo("acme/base", pico_llama)
+    home = tmp_path / "a"
+    assert push(home, llama_adapter, pico_llama).code == 0
+    before = db(home)
+    hub.fail_next(
+        20, method="GET", route="resolve", path_contains="model.safetensors", mode="stall", delay=3 * short_hub_timeouts
+    )
+    out = tmp_path / "out"
+    r = cli(home, "install", NAME, "--onto", "hf://acme/base", "--out", out)
+    assert r.code == 8, (r.code, r.stderr)
+    line = _one_error_line(r)
+    assert "timed out" in line and hub.url in line, line
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    assert db(home) == before and show(home)["installs"] == []
+    assert cli(home, "verify").code == 0
+    hub.faults.clear()
+    r = cli(home, "install", NAME, "--onto", "hf://acme/base", "--out", out)
+    assert r.code == 0, r.stderr
+    assert cli(home, "install", NAME, "--onto", pico_llama, "--out", tmp_path / "local").code == 0
+    assert tensors(out) == tensors(tmp_path / "local")
+    assert cli(home, "verify").code == 0
