@@ -9,6 +9,8 @@ import json
 import logging
 import os
 import shutil
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,12 +66,78 @@ def side(request: pytest.FixtureRequest, tmp_path: Path) -> Side:
     return Side("file", f"file://{root}", f"file://{root / NAME}", root=root)
 
 
+class Catalogs:
+    """One catalog per home, as each home has by default: the SQLite file in it, or a fresh
+    PostgreSQL database per home (dropped at the end of the test)."""
+
+    def __init__(self, admin: str | None) -> None:
+        self.admin = admin
+        self.urls: dict[Path, str] = {}
+
+    def url(self, home: Path) -> str:
+        if self.admin is None:
+            return Settings.resolve(home=home).database_url
+        if home not in self.urls:
+            from sqlalchemy import create_engine, text
+            from sqlalchemy.engine import make_url
+
+            name = f"patchctl_t_{uuid.uuid4().hex[:12]}"
+            engine = create_engine(self.admin, isolation_level="AUTOCOMMIT")
+            with engine.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+            engine.dispose()
+            url = make_url(self.admin).set(database=name).render_as_string(hide_password=False)
+            self.urls[home] = url
+            # a PostgreSQL catalog is created by `db upgrade` (only the default SQLite one on demand)
+            r = run_cli(["--db", url, "db", "upgrade"])
+            assert r.code == 0, r.stderr
+        return self.urls[home]
+
+    def close(self) -> None:
+        if self.admin is None or not self.urls:
+            return
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.engine import make_url
+
+        engine = create_engine(self.admin, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            for url in self.urls.values():
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
+        engine.dispose()
+
+
+_catalogs = Catalogs(None)
+
+
+@pytest.fixture(autouse=True)
+def catalog(db_url: str, request: pytest.FixtureRequest) -> Iterator[Catalogs]:
+    """Every test of this module on both catalogs (README: every catalog test runs on PostgreSQL too):
+    ``db_url`` picks the backend (and skips PostgreSQL when it is not configured); each home then gets
+    its own catalog of that backend, passed to the CLI with ``--db``. The slow Hub fault-injection
+    tests (client retries and timeouts, tens of seconds each) run on SQLite only: they exercise the
+    transport, and a failed pull on PostgreSQL is covered by ``test_pull_interrupted_then_retry``."""
+    global _catalogs
+    if not db_url.startswith("sqlite") and request.node.get_closest_marker("slow") is not None:
+        pytest.skip("Hub fault injection runs on SQLite only (transport, not catalog)")
+    _catalogs = Catalogs(None if db_url.startswith("sqlite") else os.environ["PATCHCTL_TEST_POSTGRES_URL"])
+    try:
+        yield _catalogs
+    finally:
+        _catalogs.close()
+        _catalogs = Catalogs(None)
+
+
+def db_args(home: Path) -> list[str]:
+    """``--db URL`` on PostgreSQL; nothing on SQLite (the home's default catalog, created on demand)."""
+    return [] if _catalogs.admin is None else ["--db", _catalogs.url(home)]
+
+
 def cli(home: Path, *args: object, env: dict[str, str] | None = None) -> CliResult:
-    return run_cli(["--home", str(home), *[str(a) for a in args]], env=env)
+    return run_cli(["--home", str(home), *db_args(home), *[str(a) for a in args]], env=env)
 
 
 def db(home: Path) -> dict[str, list[tuple[Any, ...]]]:
-    return snapshot_db(Settings.resolve(home=home).database_url)
+    return snapshot_db(_catalogs.url(home))
 
 
 def push(home: Path, adapter: Path, base: Path, *extra: object, version: str = "1.0.0") -> CliResult:
@@ -646,9 +714,9 @@ def test_remote_commands_do_not_import_torch(
     assert push(home, llama_adapter, pico_llama, "--to", f"hf://{NAME}").code == 0
     env = {**os.environ, "HF_HUB_DISABLE_XET": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
     for args in (
-        ["--home", home, "check", NAME, "--onto", "hf://acme/pico-llama", "--json"],
-        ["--home", tmp_path / "b", "pull", f"hf://{NAME}"],
-        ["--home", tmp_path / "b", "search", "--remote", "hf://acme", "--json"],
+        ["--home", home, *db_args(home), "check", NAME, "--onto", "hf://acme/pico-llama", "--json"],
+        ["--home", tmp_path / "b", *db_args(tmp_path / "b"), "pull", f"hf://{NAME}"],
+        ["--home", tmp_path / "b", *db_args(tmp_path / "b"), "search", "--remote", "hf://acme", "--json"],
     ):
         cmd = [sys.executable, "-c", _PROBE, *map(str, args)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
