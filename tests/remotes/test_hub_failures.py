@@ -196,3 +196,24 @@ def test_published_url_round_trips_through_open_remote(hub: HubServer, llama_ada
     ref = parse_patch_ref(remote.list_versions()[0].url)
     assert isinstance(ref, HubRef) and ref.revision == "v1.0.0"
     assert open_remote(str(ref)).fetch(ref.revision).manifest.version == "1.0.0"
+
+
+@pytest.mark.slow  # the client resumes a timed-out body a few times (~15 s)
+def test_stalled_download_is_a_timeout_without_the_token(
+    hub: HubServer, llama_adapter: Path, pico_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Hub that stops answering mid-body (longer than HF_HUB_DOWNLOAD_TIMEOUT): a RemoteError that
+    says it timed out, one line, the token nowhere; nothing left looking fetched; the retry works."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 1)
+    hub.require_token(SECRET)
+    remote = _published(hub, llama_adapter, pico_llama, token=SECRET)
+    hub.fail_next(20, method="GET", route="resolve", path_contains="adapter_model.safetensors", mode="stall", delay=3)
+    with pytest.raises(RemoteError, match="timed out") as exc:
+        remote.fetch("1.0.0")
+    msg = f"{exc.value} {exc.value.hint}"
+    assert "\n" not in msg and SECRET not in msg and exc.value.exit_code == 8
+    _no_partial_files(remote)
+    hub.faults.clear()
+    assert remote.fetch("1.0.0").manifest.version == "1.0.0"
