@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +23,12 @@ def test_readers_survive_fuzzing(tmp_path: Path) -> None:
     runs = int(os.environ.get("PATCHCTL_FUZZ_RUNS", "5000"))
     corpus = tmp_path / "corpus"
     corpus.mkdir()
+    # libFuzzer reads the peak RSS from getrusage, which a child inherits from this process across
+    # fork/exec (the pytest process may already have loaded real models): 2 GiB above that peak
+    inherited_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    rss_limit = inherited_mb + 2048
     r = subprocess.run(
-        [sys.executable, str(TARGET), f"-runs={runs}", "-max_total_time=60", "-rss_limit_mb=2048", str(corpus)],
+        [sys.executable, str(TARGET), f"-runs={runs}", "-max_total_time=60", f"-rss_limit_mb={rss_limit}", str(corpus)],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
