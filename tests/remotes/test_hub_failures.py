@@ -10,7 +10,7 @@ import pytest
 from hubserver import HubServer
 from remotes.helpers import PATCH_NAME, SECRET, make_manifest
 
-from patchctl.errors import AuthError, InvalidInputError, NotFoundError, RemoteError
+from patchctl.errors import AuthError, IntegrityError, InvalidInputError, NotFoundError, RemoteError
 from patchctl.remotes import HfHubRemote, open_remote
 from patchctl.schemas.manifest import MANIFEST_FILE
 
@@ -139,7 +139,7 @@ def test_tag_whose_manifest_disagrees_is_refused(hub: HubServer, llama_adapter: 
     remote = _published(hub, llama_adapter, pico_llama)
     # someone tags the 1.0.0 commit as v2.0.0 by hand
     hub.repos[PATCH_NAME].tags["v2.0.0"] = hub.refs(PATCH_NAME)["tags"]["v1.0.0"]
-    with pytest.raises(Exception, match=r"says version 1\.0\.0, the tag says 2\.0\.0"):
+    with pytest.raises(IntegrityError, match=r"says version 1\.0\.0, the tag says 2\.0\.0"):
         remote.fetch("2.0.0")
 
 

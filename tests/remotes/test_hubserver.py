@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from hubserver import HubServer
+from huggingface_hub.errors import HfHubHTTPError
 
 
 def test_routes_through_the_client(hub: HubServer, tmp_path: Path) -> None:
@@ -83,6 +84,6 @@ def test_yaml_validation_and_auth(hub: HubServer) -> None:
         with pytest.raises(ValueError, match=r"Invalid metadata in README\.md"):
             api._validate_yaml(bad)
     hub.require_token("hf_ServerSecret1234567")
-    with pytest.raises(Exception, match="401"):
+    with pytest.raises(HfHubHTTPError, match="401"):
         api.list_repo_refs("acme/x")
     assert HfApi(endpoint=hub.url, token="hf_ServerSecret1234567").whoami()["name"] == "patchctl-tester"
