@@ -95,3 +95,19 @@ def llama_adapter(models_dir: Path, pico_llama: Path) -> Path:
 def gpt2_adapter(models_dir: Path, pico_gpt2: Path) -> Path:
     """A LoRA adapter on GPT-2's c_attn (fan_in_fan_out=True)."""
     return picomodels.make_adapter(pico_gpt2, models_dir / "gpt2-lora", target_modules=["c_attn"], fan_in_fan_out=True)
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """A fresh Hub-compatible server on 127.0.0.1 (classic LFS, no Xet); HF_ENDPOINT points at it."""
+    import huggingface_hub.constants as constants
+    from hubserver import HubServer
+
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    server = HubServer(tmp_path / "hub-storage").start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    try:
+        yield server
+    finally:
+        server.close()

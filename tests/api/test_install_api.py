@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import picomodels
@@ -346,21 +345,6 @@ def test_other_peft_types_are_refused_even_with_force(
         api.install(local_settings, str(adapter), onto=str(pico_llama), out=out, force=True, progress=False)
     assert exc.value.exit_code == 6
     assert not (tmp_path / "dest").exists()
-
-
-@pytest.fixture
-def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
-    """A Hub-compatible server on 127.0.0.1 (LFS, no Xet); HF_ENDPOINT points at it."""
-    import huggingface_hub.constants as constants
-
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    server = HubServer(tmp_path / "hub-storage").start()
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def test_hub_base_checked_from_headers_then_downloaded_for_install(

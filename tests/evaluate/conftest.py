@@ -7,13 +7,11 @@ import os
 # before huggingface_hub is imported anywhere: the test server speaks LFS, not Xet
 os.environ["HF_HUB_DISABLE_XET"] = "1"
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import picomodels
 import pytest
 from evaltools import BAD, GOOD, make_eval_base, make_eval_folder, train_preference_adapter
-from hubserver import HubServer
 
 
 @pytest.fixture(scope="session")
@@ -44,17 +42,3 @@ def good_adapter(eval_models: Path, eval_base: Path) -> Path:
 @pytest.fixture(scope="session")
 def bad_adapter(eval_models: Path, eval_base: Path) -> Path:
     return train_preference_adapter(eval_base, eval_models / "bad", prefer=BAD)
-
-
-@pytest.fixture
-def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
-    """A fresh Hub-compatible server; HF_ENDPOINT points at it."""
-    import huggingface_hub.constants as constants
-
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    server = HubServer(tmp_path / "hub-storage").start()
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    try:
-        yield server
-    finally:
-        server.close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,20 +20,6 @@ from patchctl.remotes._bases import stream_base
 from patchctl.schemas.refs import HubRef
 
 NAME = "acme/sst2-lora"
-
-
-@pytest.fixture
-def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
-    import huggingface_hub.constants as constants
-
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    server = HubServer(tmp_path / "hub-storage").start()
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def cli(home: Path, *args: object) -> CliResult:

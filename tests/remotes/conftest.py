@@ -11,7 +11,6 @@ os.environ["HF_HUB_DISABLE_XET"] = "1"
 import json
 import shutil
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +29,6 @@ def _disable_xet() -> None:
 
 
 _disable_xet()
-
-
-@pytest.fixture
-def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
-    """A fresh Hub-compatible server; HF_ENDPOINT points at it."""
-    import huggingface_hub.constants as constants
-
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    server = HubServer(tmp_path / "hub-storage").start()
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture(scope="session")
