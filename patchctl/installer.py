@@ -338,16 +338,25 @@ def _download_checked_base(target: TargetBase, *, progress: bool) -> Path:
     return base_dir
 
 
-def _import_merge_engine_in_background() -> None:
-    """Start importing the merge engine (torch: about a second) on another thread, so that it
-    overlaps with fingerprinting the base (hashlib releases the GIL). The later import waits
-    for it; an import error surfaces there, as it would without this."""
+def _dtype_plan_cache(settings: Settings) -> Path:
+    return settings.home / "cache" / "dtype-plans"
+
+
+def _import_merge_engine_in_background(base_dir: Path | None = None, cache_dir: Path | None = None) -> None:
+    """Start importing the merge engine (torch: about a second) on another thread, and then
+    building the dtype plan of a local base (transformers' modeling code: seconds, cached), so
+    that both overlap with fingerprinting the base (hashlib releases the GIL). The later import
+    and plan wait for them; an error surfaces there, as it would without this."""
     import importlib
     import threading
 
     def load() -> None:
         with contextlib.suppress(Exception):
             importlib.import_module("patchctl.merge._execute")
+            if base_dir is not None:
+                from patchctl.merge._fp32 import warm
+
+                warm(base_dir, cache_dir)
 
     threading.Thread(target=load, name="patchctl-import-merge", daemon=True).start()
 
@@ -405,7 +414,8 @@ def install(
             # fail before fingerprinting the base (minutes for a large one); the engine checks again
             raise ConflictError(f"{out} already exists", hint="pass --overwrite to replace it")
     if format == "merged" and not dry_run:
-        _import_merge_engine_in_background()
+        local = onto if "://" not in onto and Path(onto).expanduser().is_dir() else None
+        _import_merge_engine_in_background(Path(local).expanduser() if local else None, _dtype_plan_cache(settings))
     target = _target_base(settings, onto, progress=progress)
     patch, decision = _resolve_for_target(settings, patch, target)
     source = _patch_source(settings, patch, progress=progress)
@@ -434,7 +444,10 @@ def install(
         "base_source": target.facts.source,
         "base_revision": target.facts.revision,
     }
-    plan = plan_merge(layout, target.local_dir) if format == "merged" and target.local_dir else None
+    plan_cache = _dtype_plan_cache(settings)
+    plan = (
+        plan_merge(layout, target.local_dir, cache_dir=plan_cache) if format == "merged" and target.local_dir else None
+    )
     if dry_run:
         return InstallOutcome(
             outcome, format, out, True, forced, _plan_summary(plan, source, max_memory), None, None, decision
@@ -449,7 +462,9 @@ def install(
             wait_for_shard = None
             if plan is None:  # a Hub base: downloaded only now that the checks passed, merged as it arrives
                 arriving = stack.enter_context(_arriving_base(target, merge_progress))
-                plan = dataclasses.replace(plan_merge(layout, arriving.skeleton), base_dir=arriving.snapshot)
+                plan = dataclasses.replace(
+                    plan_merge(layout, arriving.skeleton, cache_dir=plan_cache), base_dir=arriving.snapshot
+                )
                 arriving.start()
                 wait_for_shard = arriving.wait
             result = execute_merge(

@@ -9,18 +9,28 @@ upcasts them at load, so the loaded models are the same).
 
 The dtype plan is transformers' own (``PreTrainedModel._get_dtype_plan`` of the base's
 architecture, built on the meta device: no weights read), matched against tensor names as
-transformers matches it (a regex search of the patterns, ``*`` as ``.*``).
+transformers matches it (a regex search of the patterns, ``*`` as ``.*``). Building it imports the
+architecture's modeling code (seconds), so the answer is kept: in this process, and on disk under
+the home (``cache/dtype-plans``) keyed by the transformers version, the dtype and the config's
+content; and ``install`` computes it on a background thread while the base is fingerprinted
+(:func:`warm`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
+import os
 import re
+import tempfile
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["fp32_patterns", "load_dtype", "matches_fp32"]
+__all__ = ["fp32_patterns", "load_dtype", "matches_fp32", "warm"]
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +47,88 @@ def load_dtype(config: Mapping[str, Any], tensor_dtypes: list[str]) -> str | Non
     return next((d for d in tensor_dtypes if d in ("F16", "BF16", "F32", "F64")), None)
 
 
-def fp32_patterns(base_dir: Path, config: Mapping[str, Any], dtype: str | None) -> tuple[tuple[str, ...], str | None]:
+Plan = tuple[tuple[str, ...], str | None]
+
+#: answers already computed in this process (a key of :func:`_key` -> (patterns, problem))
+_memo: dict[str, Plan] = {}
+#: one computation at a time: a caller waits for the one in flight (e.g. :func:`warm`'s) and reuses it
+_lock = threading.Lock()
+
+
+def _key(config: Mapping[str, Any], dtype: str) -> str | None:
+    """What the dtype plan depends on: the transformers version, the dtype, the config's content."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        tf = version("transformers")
+    except PackageNotFoundError:
+        return None
+    text = json.dumps([tf, dtype, config], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def fp32_patterns(
+    base_dir: Path, config: Mapping[str, Any], dtype: str | None, *, cache_dir: Path | None = None
+) -> Plan:
     """``(patterns, problem)``: the dtype-plan patterns of tensors transformers keeps in fp32 when
-    loading this base in ``dtype``; ``problem`` says why they could not be determined (then none)."""
+    loading this base in ``dtype``; ``problem`` says why they could not be determined (then none).
+    ``cache_dir`` keeps answers across processes (see the module doc)."""
     if dtype not in ("F16", "BF16"):
         return (), None
     archs = config.get("architectures") or []
     if not archs:
         return (), "config.json names no architecture: _keep_in_fp32_modules not known"
+    key = _key(config, dtype)
+    if key is None:
+        return (), "transformers is not installed: _keep_in_fp32_modules not known"
+    with _lock:
+        if key in _memo:
+            return _memo[key]
+        cached = _read_cached(cache_dir / f"{key}.json") if cache_dir is not None else None
+        plan = cached if cached is not None else _compute(base_dir, str(archs[0]), dtype)
+        _memo[key] = plan
+        if cache_dir is not None and cached is None and plan[1] is None:
+            _write_cached(cache_dir / f"{key}.json", plan[0])
+    return plan
+
+
+def _read_cached(path: Path) -> Plan | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    patterns = data.get("patterns") if isinstance(data, dict) else None
+    if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+        return None
+    return tuple(patterns), None
+
+
+def _write_cached(path: Path, patterns: tuple[str, ...]) -> None:
+    """Atomically (a concurrent install reads a whole file or none); a failure only costs time."""
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"patterns": list(patterns)}, f)
+        os.replace(tmp, path)
+
+
+def warm(base_dir: Path, cache_dir: Path | None = None) -> None:
+    """Compute (or load) the dtype plan of a local base ahead of :func:`fp32_patterns`' caller, in
+    the dtype it will be loaded in; meant for a background thread. Errors are left to the caller's
+    own call, which raises them where they belong."""
+    from patchctl.bases import read_config, read_safetensors_header, weight_file_names
+
+    with contextlib.suppress(Exception):
+        config = read_config(base_dir)
+        files = weight_file_names(base_dir)
+        header = read_safetensors_header(base_dir / files[0]) if files else {}
+        dtypes = [str(i["dtype"]) for n, i in header.items() if n != "__metadata__"]
+        fp32_patterns(base_dir, config, load_dtype(config, dtypes), cache_dir=cache_dir)
+
+
+def _compute(base_dir: Path, arch: str, dtype: str) -> Plan:
+    archs = [arch]
     try:
         import torch
         import transformers

@@ -243,8 +243,9 @@ def _classify_base_files(base_dir: Path, weight_files: list[str]) -> tuple[list[
     return copied, skipped
 
 
-def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
-    """Plan merging ``adapter`` into the base in ``base_dir`` (headers and config only).
+def plan_merge(adapter: AdapterLayout, base_dir: Path, *, cache_dir: Path | None = None) -> MergePlan:
+    """Plan merging ``adapter`` into the base in ``base_dir`` (headers and config only); ``cache_dir``
+    keeps the model class's dtype plan across processes (:mod:`patchctl.merge._fp32`).
 
     Raises UnsupportedError for what cannot be merged exactly (conv LoRA, non-float tensors,
     two deltas on one tensor) and InvalidInputError for inputs that do not fit (unmatched or
@@ -286,7 +287,7 @@ def plan_merge(adapter: AdapterLayout, base_dir: Path) -> MergePlan:
     _add_adapter_actions(adapter, config, mapping, targets, actions)
     _order_and_check_actions(adapter, actions, added, headers, where)
 
-    fp32 = _fp32_kept(base_dir, config, headers, actions, notes)
+    fp32 = _fp32_kept(base_dir, config, headers, actions, notes, cache_dir)
     shards = [_shard_plan(f, headers[f], where, added, actions, fp32) for f in files]
     copied, skipped = _classify_base_files(base_dir, files)
     return MergePlan(
@@ -468,6 +469,7 @@ def _fp32_kept(
     headers: Mapping[str, Mapping[str, Any]],
     actions: Mapping[str, list[Action]],
     notes: list[str],
+    cache_dir: Path | None = None,
 ) -> set[str]:
     """Touched half-precision tensors the model class keeps in fp32 when loaded (T5's ``wo``):
     PEFT merges them in fp32 and writes fp32, so the output does too."""
@@ -476,7 +478,7 @@ def _fp32_kept(
     if not touched_half:
         return set()
     dtype = load_dtype(config, list(dtypes.values()))
-    patterns, problem = fp32_patterns(base_dir, config, dtype)
+    patterns, problem = fp32_patterns(base_dir, config, dtype, cache_dir=cache_dir)
     if problem is not None:
         notes.append(f"{problem}; touched tensors keep the base's dtype")
     kept = {n for n in touched_half if matches_fp32(patterns, n)}

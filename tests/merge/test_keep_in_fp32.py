@@ -50,3 +50,53 @@ def test_t5_wo_merged_and_written_as_peft_does(dtype: str, t5: dict[str, Path], 
         assert any("fp32" in n for n in plan.notes)
         reloaded = AutoModelForSeq2SeqLM.from_pretrained(out, dtype=torch.float16)
         assert reloaded.get_parameter(WO).dtype == torch.float32
+
+
+def test_dtype_plan_is_cached_by_transformers_version_dtype_and_config(
+    t5: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan costs seconds (transformers' modeling code): kept in the process and on disk, keyed by
+    what it depends on; a cached answer is the computed one, and another config is computed anew."""
+    import json
+
+    from patchctl.merge import _fp32
+
+    base, cache = t5["fp16"], tmp_path / "plans"
+    config = json.loads((base / "config.json").read_text())
+    monkeypatch.setattr(_fp32, "_memo", {})
+    computed = _fp32.fp32_patterns(base, config, "F16", cache_dir=cache)
+    assert computed[1] is None and any("wo" in p for p in computed[0])
+    assert len(list(cache.glob("*.json"))) == 1
+
+    def refuse(*args: object) -> object:
+        raise AssertionError("computed again instead of read from the cache")
+
+    monkeypatch.setattr(_fp32, "_memo", {})  # a new process: only the disk cache
+    monkeypatch.setattr(_fp32, "_compute", refuse)
+    assert _fp32.fp32_patterns(base, config, "F16", cache_dir=cache) == computed
+    with pytest.raises(AssertionError, match="computed again"):  # the bf16 plan is another answer
+        _fp32.fp32_patterns(base, config, "BF16", cache_dir=cache)
+    with pytest.raises(AssertionError, match="computed again"):  # so is another config's
+        _fp32.fp32_patterns(base, {**config, "d_ff": config["d_ff"] * 2}, "F16", cache_dir=cache)
+    (next(cache.glob("*.json"))).write_text("{not json")  # a damaged entry is computed again, not trusted
+    monkeypatch.setattr(_fp32, "_memo", {})
+    with pytest.raises(AssertionError, match="computed again"):
+        _fp32.fp32_patterns(base, config, "F16", cache_dir=cache)
+
+
+def test_warm_fills_the_cache_plan_merge_reads(
+    t5: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """install's background warm-up computes the plan plan_merge then uses (same key)."""
+    from patchctl.merge import _fp32
+
+    monkeypatch.setattr(_fp32, "_memo", {})
+    _fp32.warm(t5["fp16"], tmp_path / "plans")
+    assert len(list((tmp_path / "plans").glob("*.json"))) == 1
+
+    def refuse(*args: object) -> object:
+        raise AssertionError("computed again")
+
+    monkeypatch.setattr(_fp32, "_compute", refuse)
+    plan = plan_merge(read_adapter(t5["adapter"]), t5["fp16"], cache_dir=tmp_path / "plans")
+    assert any("fp32" in n for n in plan.notes)
