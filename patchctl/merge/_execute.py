@@ -43,7 +43,7 @@ from patchctl.merge._copy import copy_file
 from patchctl.merge._delta import lora_delta, probe
 from patchctl.merge._io import TORCH_DTYPES, encode_header, pwrite_all, read_tensor, tensor_bytes
 from patchctl.merge._output import FileRecord, MergeResult, atomic_output_dir, write_provenance
-from patchctl.merge._pipeline import Call, Copy, Pipeline, Read, Write
+from patchctl.merge._pipeline import Call, Copy, Pipeline, Read, StreamHash, Write
 from patchctl.merge._plan import DTYPE_SIZES, Action, MergePlan, ShardPlan, TensorPlan
 from patchctl.merge._progress import MergeProgress, NullProgress
 
@@ -298,6 +298,8 @@ class _Run:
     stopped: threading.Event = field(default_factory=threading.Event)
     open_fds: set[int] = field(default_factory=set)
     finished: list[Future[FileRecord]] = field(default_factory=list)
+    #: output shard fd -> its sha256 as written (no second read when written front to back)
+    hashes: dict[int, StreamHash] = field(default_factory=dict)
 
     def _open(self, path: Path, flags: int, mode: int = 0o644) -> int:
         fd = os.open(path, flags, mode)
@@ -335,6 +337,7 @@ class _Run:
         _check_unchanged(src_path, parse_safetensors_header(first8 + os.pread(src_fd, src_data - 8, 8)), shard)
         dst_fd = self._open(self.out / shard.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         pwrite_all(dst_fd, head, 0)
+        self.hashes[dst_fd] = StreamHash(head)
         run: list[int] = []  # [start, end, count, output start] of pending untouched bytes
 
         def flush() -> Iterator[Copy]:
@@ -365,9 +368,11 @@ class _Run:
 
         def finish() -> None:
             os.ftruncate(dst_fd, dst_data + end)
+            stream = self.hashes.pop(dst_fd, None)
+            digest = stream.hexdigest(dst_data + end) if stream is not None else None
             self.close(dst_fd)
             self.close(src_fd)
-            self.finished.append(self.pool.submit(_finish_file, self.out / shard.file, shard.file))
+            self.finished.append(self.pool.submit(_finish_file, self.out / shard.file, shard.file, digest))
 
         yield Call(finish)
 
@@ -392,6 +397,7 @@ def _merge_shards(run: _Run, delay: float) -> list[str]:
         advance=run.progress.advance,
         threads=run.overlap,
         stop=run.stopped,
+        hashes=run.hashes,
     )
     for job, buf in pipe.run(run.jobs()):
         p = job.payload
@@ -440,14 +446,15 @@ def _fixed_mmap_threshold() -> None:
             ctypes.CDLL(None).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
 
 
-def _finish_file(path: Path, name: str) -> FileRecord:
-    """fsync and hash a written file (runs in a worker thread, overlapping the next shard)."""
+def _finish_file(path: Path, name: str, digest: str | None = None) -> FileRecord:
+    """fsync a written file and hash it, unless it was hashed as it was written (``digest``)
+    (runs in a worker thread, overlapping the next shard)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-    return FileRecord(name, _sha256(path), path.stat().st_size)
+    return FileRecord(name, digest or _sha256(path), path.stat().st_size)
 
 
 def _sha256(path: Path) -> str:

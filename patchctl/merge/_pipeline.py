@@ -6,11 +6,14 @@ caller's thread computes (torch releases the GIL) and hands :class:`Write` and :
 to the writer, which writes at absolute offsets (``pwrite``, ``copy_file_range``) and returns
 the buffers to the pool. The pool bounds the memory in flight: ``buffers × buffer_bytes``.
 Positional writes make the output independent of the threads' timing: the bytes are those of
-the sequential path.
+the sequential path. A file written front to back is hashed as it is written (:class:`StreamHash`,
+on the writer thread), so that its sha256 needs no second read.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -19,7 +22,47 @@ from typing import Any
 
 from patchctl.merge._copy import copy_range, pread_exact, pwrite_all
 
-__all__ = ["Copy", "Pipeline", "Read", "Write"]
+__all__ = ["Copy", "Pipeline", "Read", "StreamHash", "Write"]
+
+
+class StreamHash:
+    """sha256 of a file as it is written, while each write starts where the last one ended (from
+    ``head``, the bytes already at offset 0); any other order gives up (:meth:`hexdigest` is then
+    None and the caller hashes the file by reading it). A copied range is hashed from its source."""
+
+    def __init__(self, head: bytes) -> None:
+        self._h = hashlib.sha256(head)
+        self._next = len(head)
+        self._ok = True
+        self._buf: bytearray | None = None
+
+    def wrote(self, offset: int, data: memoryview) -> None:
+        if self._ok and offset == self._next:
+            self._h.update(data)
+            self._next += len(data)
+        else:
+            self._ok = False
+
+    def copied(self, src: int, src_off: int, offset: int, length: int) -> None:
+        if not self._ok or offset != self._next:
+            self._ok = False
+            return
+        if self._buf is None:
+            self._buf = bytearray(1 << 20)
+        view = memoryview(self._buf)
+        done = 0
+        while done < length:
+            n = os.preadv(src, [view[: min(len(view), length - done)]], src_off + done)
+            if n <= 0:
+                self._ok = False
+                return
+            self._h.update(view[:n])
+            done += n
+        self._next += length
+
+    def hexdigest(self, size: int) -> str | None:
+        """The file's sha256 if every byte of its ``size`` went through this hash, else None."""
+        return self._h.hexdigest() if self._ok and self._next == size else None
 
 
 @dataclass(frozen=True)
@@ -83,6 +126,7 @@ class Pipeline:
         advance: Callable[[int, int], None],
         threads: bool = True,
         stop: threading.Event | None = None,
+        hashes: dict[int, StreamHash] | None = None,
     ) -> None:
         #: False: read, compute and write in turn on the caller's thread (the reference for tests)
         self.threads = threads
@@ -96,6 +140,8 @@ class Pipeline:
         #: set when any thread fails or the caller stops iterating (shared with the job generator)
         self._stop = stop if stop is not None else threading.Event()
         self._errors: list[BaseException] = []
+        #: output fd -> its hash as written (registered before the fd's first job, see StreamHash)
+        self._hashes = hashes if hashes is not None else {}
 
     # ---- plumbing that gives up when another thread failed ------------------------------------
     def _put(self, q: queue.Queue[Any], item: Any) -> None:
@@ -147,10 +193,14 @@ class Pipeline:
         if isinstance(job, Write):
             view = memoryview(job.data).cast("B")
             pwrite_all(job.fd, view, job.offset)
+            if (h := self._hashes.get(job.fd)) is not None:
+                h.wrote(job.offset, view)
             self.release(job.release)
             self._advance(job.tensors, len(view))
         elif isinstance(job, Copy):
             copy_range(job.src, job.dst, job.length, job.src_off, job.dst_off)
+            if (h := self._hashes.get(job.dst)) is not None:
+                h.copied(job.src, job.src_off, job.dst_off, job.length)
             self._advance(job.tensors, job.length)
         else:
             job.fn()

@@ -271,3 +271,45 @@ def test_base_changed_after_planning_refused(pico_llama: Path, llama_adapter: Pa
     with pytest.raises(InvalidInputError, match="changed since the merge was planned"):
         execute_merge(plan, tmp_path / "out", provenance={})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_shards_are_hashed_as_written_without_a_second_read(
+    pico_llama_sharded: Path, llama_adapter: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overlap: bool
+) -> None:
+    """Each output shard's sha256 comes from its writes (header, merged rows, copied ranges, front
+    to back), not from reading the file again, and equals the file's real sha256."""
+    from patchctl.merge import _execute
+
+    reread: list[Path] = []
+    real = _execute._sha256
+    monkeypatch.setattr(_execute, "_sha256", lambda p: reread.append(p) or real(p))
+    plan = plan_merge(read_adapter(llama_adapter), pico_llama_sharded)
+    result = execute_merge(plan, tmp_path / "out", provenance={}, overlap=overlap)
+    shards = [f for f in result.files if f.path.endswith(".safetensors")]
+    assert len(shards) == len(plan.shards) > 1
+    for f in shards:
+        assert sha256_file(result.out_dir / f.path) == f.sha256
+    assert [p for p in reread if p.parent != pico_llama_sharded] == []  # only the base's own fingerprint
+
+
+def test_stream_hash_gives_up_on_writes_out_of_order(tmp_path: Path) -> None:
+    """A file not written front to back is hashed by reading it (the digest of the writes is refused)."""
+    import hashlib
+
+    from patchctl.merge._pipeline import StreamHash
+
+    h = StreamHash(b"head")
+    h.wrote(4, memoryview(b"abc"))
+    assert h.hexdigest(7) == hashlib.sha256(b"headabc").hexdigest()
+    assert h.hexdigest(8) is None  # a byte that never went through the hash (a hole, a truncation)
+    src = tmp_path / "src"
+    src.write_bytes(b"0123456789")
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        h.copied(fd, 2, 7, 5)
+        assert h.hexdigest(12) == hashlib.sha256(b"headabc23456").hexdigest()
+        h.wrote(20, memoryview(b"late"))  # a gap before it: given up
+        assert h.hexdigest(24) is None and h.hexdigest(12) is None
+    finally:
+        os.close(fd)
