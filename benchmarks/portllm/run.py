@@ -44,11 +44,14 @@ def log(msg: str) -> None:
 
 def measured_child(
     cmd: list[str], env: dict[str, str] | None = None, ok: tuple[int, ...] = (0,)
-) -> tuple[float, float, str]:
-    """Run ``cmd``; its wall seconds, its peak RSS in MiB and its stdout. The peak is the child's
+) -> tuple[float, float, str, float]:
+    """Run ``cmd``; its wall seconds, its peak RSS in MiB, its stdout and its CPU seconds (user +
+    system: unlike wall time, not inflated by other jobs on the machine). The peak is the child's
     VmHWM polled from /proc (ru_maxrss would carry this big parent's RSS over fork + exec)."""
+    import resource
     import threading
 
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     peak = [0.0]
@@ -68,9 +71,11 @@ def measured_child(
     out, err = proc.communicate()
     watcher.join()
     seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # children run one at a time: this one's
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode not in ok:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err.decode()[-3000:]}")
-    return seconds, peak[0], out.decode()
+    return seconds, peak[0], out.decode(), cpu
 
 
 class Bench:
@@ -107,7 +112,7 @@ class Bench:
         tmp.replace(self.out)
         log(f"row {row['task']} seed={row['seed']} {row['update']}/{row['step']} {row['model']}: {row['score']:.3f}")
 
-    def patchctl(self, *args: str, ok: tuple[int, ...] = (0,)) -> tuple[float, float, str]:
+    def patchctl(self, *args: str, ok: tuple[int, ...] = (0,)) -> tuple[float, float, str, float]:
         return measured_child([sys.executable, "-m", "patchctl", *args], env=self.env, ok=ok)
 
     # -- artefacts
@@ -143,8 +148,10 @@ class Bench:
         self.patchctl("base", "add", str(d), "--parent", str(parent), "--relation", "update")
         return d
 
-    def finetune(self, base: Path, train: list[dict[str, Any]], seed: int, out: Path) -> tuple[float, float]:
-        """Δθ on ``base`` in a child process: (seconds, peak RSS MiB); reused when already there."""
+    def finetune(
+        self, base: Path, train: list[dict[str, Any]], seed: int, out: Path
+    ) -> tuple[float, float | None, float | None]:
+        """Δθ on ``base`` in a child process: (seconds, peak RSS MiB, CPU seconds); reused when already there."""
         cost = out / "COST.json"
         recipe = {"steps": self.a.ft_steps, "batch": 4, "seed": seed, "train_docs": len(train), "rank": 8}
         demo_adapter = self.a.reuse_demo / "adapters" / "movie-sentiment-lora"
@@ -157,10 +164,12 @@ class Bench:
             and self.reuse(demo_adapter, out, recipe)
         ):
             meta = json.loads((out / "TRAINING.json").read_text())
-            cost.write_text(json.dumps({"seconds": meta["seconds"], "peak_rss_mib": None, "reused": True}))
+            cost.write_text(
+                json.dumps({"seconds": meta["seconds"], "peak_rss_mib": None, "cpu_s": None, "reused": True})
+            )
         if cost.is_file():
             c = json.loads(cost.read_text())
-            return c["seconds"], c["peak_rss_mib"]
+            return c["seconds"], c["peak_rss_mib"], c.get("cpu_s")
         data = self.work / "train.json"
         data.write_text(json.dumps(train))
         code = (
@@ -169,9 +178,21 @@ class Bench:
             f"json.load(open(sys.argv[3])), steps={self.a.ft_steps}, batch=4, seed={seed})"
         )
         out.parent.mkdir(parents=True, exist_ok=True)
-        seconds, peak, _ = measured_child([sys.executable, "-c", code, str(base), str(out), str(data)], env=self.env)
-        cost.write_text(json.dumps({"seconds": seconds, "peak_rss_mib": peak}))
-        return seconds, peak
+        seconds, peak, _, cpu = measured_child(
+            [sys.executable, "-c", code, str(base), str(out), str(data)], env=self.env
+        )
+        cost.write_text(json.dumps({"seconds": seconds, "peak_rss_mib": peak, "cpu_s": cpu}))
+        return seconds, peak, cpu
+
+    def base_score(self, task: str, update: str, step: str, base: Path | None = None) -> dict[str, Any]:
+        """A base model's score (θ, θ′...): the same model on the same eval set for every seed, so it
+        is scored once and the other seeds' rows say which seed's score they repeat."""
+        model = "theta" if update == "none" else "theta_prime"
+        for r in self.rows:
+            if r["task"] == task and r["update"] == update and r["step"] == step and r["model"] == model:
+                return {"score": r["score"], "score_of_seed": r.get("score_of_seed", r["seed"])}
+        task_dir, _ = self.task_dir(task)
+        return {"score": self.score(base or self.theta, task_dir)}
 
     def score(self, model_dir: Path, task_dir: Path, adapter: Path | None = None) -> float:
         return pipeline.score_dir(model_dir, task_dir, adapter=adapter)
@@ -204,10 +225,10 @@ class Bench:
         key = {"task": task, "seed": seed}
         if not self.done(**key, update="none", model="theta"):
             self.add(
-                {**key, "update": "none", "step": "theta", "model": "theta", "score": self.score(self.theta, task_dir)}
+                {**key, "update": "none", "step": "theta", "model": "theta", **self.base_score(task, "none", "theta")}
             )
         delta = self.work / "adapters" / f"{task}-s{seed}-theta"
-        ft_s, ft_mb = self.finetune(self.theta, train, seed, delta)
+        ft_s, ft_mb, ft_cpu = self.finetune(self.theta, train, seed, delta)
         name = f"bench/{task}-s{seed}"
         if not self.done(**key, update="none", model="theta+delta"):
             self.patchctl(
@@ -220,6 +241,7 @@ class Bench:
                     "score": self.score(self.theta, task_dir, delta),
                     "finetune_s": ft_s,
                     "finetune_peak_mib": ft_mb,
+                    "finetune_cpu_s": ft_cpu,
                 }
             )
         plan = [("lora-cpt", "theta_prime"), ("full-cpt", "theta_prime")]
@@ -231,15 +253,15 @@ class Bench:
                 continue
             base = self.base(update, step)
             if not self.done(**k, model="theta_prime"):
-                self.add({**k, "model": "theta_prime", "score": self.score(base, task_dir)})
+                self.add({**k, "model": "theta_prime", **self.base_score(task, update, step, base)})
             # port: check --drift, then install (both through the CLI), timed in a child process
-            _, _, check_out = self.patchctl(
+            _, _, check_out, _ = self.patchctl(
                 "check", name, "--onto", str(base), "--drift", "--source-base", str(self.theta), "--json", ok=(0, 20)
             )
             drift = drift_figures(json.loads(check_out))
             installed = self.work / "installed" / f"{task}-s{seed}-{update}-{step}"
             shutil.rmtree(installed, ignore_errors=True)
-            port_s, port_mb, _ = self.patchctl("install", name, "--onto", str(base), "--out", str(installed))
+            port_s, port_mb, _, port_cpu = self.patchctl("install", name, "--onto", str(base), "--out", str(installed))
             if not self.done(**k, model="theta_prime+delta"):
                 self.add(
                     {
@@ -248,13 +270,14 @@ class Bench:
                         "score": self.score(installed, task_dir),
                         "port_s": port_s,
                         "port_peak_mib": port_mb,
+                        "port_cpu_s": port_cpu,
                         **drift,
                     }
                 )
             shutil.rmtree(installed, ignore_errors=True)
             # the upper bound: fine-tune again on θ′
             delta2 = self.work / "adapters" / f"{task}-s{seed}-{update}-{step}"
-            ft2_s, ft2_mb = self.finetune(base, train, seed, delta2)
+            ft2_s, ft2_mb, ft2_cpu = self.finetune(base, train, seed, delta2)
             self.add(
                 {
                     **k,
@@ -262,6 +285,7 @@ class Bench:
                     "score": self.score(base, task_dir, delta2),
                     "finetune_s": ft2_s,
                     "finetune_peak_mib": ft2_mb,
+                    "finetune_cpu_s": ft2_cpu,
                 }
             )
 

@@ -37,7 +37,7 @@ source "$OUT.paths" && rm -f "$OUT.paths"
 
 heading "Push the patch Δθ with its lineage, its eval set and its baseline on θ"
 step patchctl push "$ADAPTER" --name "$NAME" --version 1.0.0 \
-  --task "movie-review sentiment (positive/negative)" --base "$THETA" --license apache-2.0 --eval "$EVAL"
+  --task "movie-review sentiment (positive/negative)" --base "$THETA" --license apache-2.0 --eval "$EVAL" --eval-batch-size 16
 step patchctl alias set "$NAME==1.0.0" stable
 
 heading "The provider releases θ′: record it as a descendant of θ"
@@ -58,7 +58,7 @@ step patchctl install "$NAME@stable" --onto "$THETA_PRIME" --out "$INSTALLED" >/
 
 heading "Validate: does the ported patch still do its job on θ′?"
 rc=0
-step patchctl validate "$NAME@stable" --onto "$THETA_PRIME" --json >"$OUT/validate.json" || rc=$?
+step patchctl validate "$NAME@stable" --onto "$THETA_PRIME" --batch-size 16 --json >"$OUT/validate.json" || rc=$?
 [ $rc = 0 ] || [ $rc = 22 ] || exit $rc # 22: the patch regressed on θ′ (the table shows by how much)
 python examples/realmodel/scores.py from-validate "$OUT/validate.json" --task-dir "$EVAL"
 

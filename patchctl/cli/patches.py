@@ -61,6 +61,13 @@ def _publisher(settings: Settings, to: str | None) -> api.Publisher | None:
     "--no-baseline", is_flag=True, help="With --eval: do not score the source base now (validate can record it later)."
 )
 @click.option("--eval-limit", type=int, help="Examples per task when scoring the baseline (default: all).")
+@click.option(
+    "--eval-batch-size",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="lm-eval batch size when scoring the baseline (as validate's --batch-size).",
+)
 @click.option("--trust-eval-code", is_flag=True, help="Allow `!function` and Python files in the eval folder.")
 @json_option
 @click.pass_obj
@@ -84,6 +91,7 @@ def push_cmd(
     min_retained: float | None,
     no_baseline: bool,
     eval_limit: int | None,
+    eval_batch_size: int,
     trust_eval_code: bool,
     as_json: bool,
 ) -> None:
@@ -119,6 +127,7 @@ def push_cmd(
             trust_eval_code=trust_eval_code,
             baseline=not no_baseline,
             limit=eval_limit,
+            batch_size=eval_batch_size,
         ),
     )
     v = result.version
