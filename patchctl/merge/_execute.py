@@ -96,7 +96,8 @@ class _Source:
 
 @dataclass(frozen=True)
 class _Piece:
-    """Rows ``[r0, r1)`` of a touched tensor, inside its delta block ``block``."""
+    """Rows ``[r0, r1)`` of a touched tensor, inside its delta block ``block``, made of whole
+    ``tiles`` (the row ranges its LoRA delta is computed and added in)."""
 
     tensor: TensorPlan
     source_dtype: str
@@ -106,6 +107,7 @@ class _Piece:
     dst_fd: int
     dst_off: int
     last: bool
+    tiles: tuple[tuple[int, int], ...] = ()
 
 
 def _delta_param(a: Action, tensors: _AdapterTensors) -> torch.Tensor:
@@ -186,31 +188,53 @@ class _Deltas:
                 # Linear.merge: W += transpose(B @ A, fan_in_fan_out) * s: one rounding
                 embedding = a.pair.kind == "embedding"
                 transpose = embedding or a.transpose
-                out: torch.Tensor | None = self.buffer
-                if b1 - b0 < rows and not self._probed(t, lora_a, lora_b, transpose):
+                if t.name not in self.whole:
+                    if self._probed(t, lora_a, lora_b, transpose):
+                        continue  # computed and added tile by tile (:meth:`add_tiles`)
                     self.whole.append(t.name)
                     log.warning("%s: row blocks differ from the whole product on this BLAS; merged whole", t.name)
-                    b0, b1 = 0, rows
-                if t.name in self.whole:
-                    out = None  # over the budget: a fresh tensor
-                delta = lora_delta(lora_a, lora_b, a.pair.scaling, transpose=transpose, rows=(b0, b1), out=out)
+                b0, b1 = 0, rows  # the whole product, in a fresh tensor (over the budget)
+                delta = lora_delta(lora_a, lora_b, a.pair.scaling, transpose=transpose, rows=(b0, b1))
                 if tuple(delta.shape[1:]) != t.shape[1:] or delta.shape[0] != b1 - b0:  # guarded by the plan
                     raise InvalidInputError(f"{t.name}: delta shape {list(delta.shape)} differs from {list(t.shape)}")
                 adds.append((delta, embedding))
         return adds
 
+    def add_tiles(self, p: _Piece, w: torch.Tensor) -> None:
+        """Add the LoRA delta of ``p``'s rows to ``w`` (those rows), a tile at a time; a tensor
+        whose tiling was refused by its probe got its whole delta from :meth:`addends` instead."""
+        t = p.tensor
+        if t.name in self.whole or not p.tiles:
+            return
+        for a in t.actions:
+            if a.kind != "lora":
+                continue
+            assert a.pair is not None
+            lora_a, lora_b = self._ab(t, a)
+            embedding = a.pair.kind == "embedding"
+            transpose = embedding or a.transpose
+            for t0, t1 in p.tiles:
+                delta = lora_delta(lora_a, lora_b, a.pair.scaling, transpose=transpose, rows=(t0, t1), out=self.buffer)
+                rows = w[t0 - p.r0 : t1 - p.r0]
+                rows += delta.to(w.dtype) if embedding else delta
+
     def _probed(self, t: TensorPlan, lora_a: torch.Tensor, lora_b: torch.Tensor, transpose: bool) -> bool:
-        ranges = self.blocking.ranges(t)
-        sig = (
-            transpose,
-            tuple(lora_a.shape),
-            tuple(lora_b.shape),
-            ranges[0][1] - ranges[0][0],
-            ranges[-1][1] - ranges[-1][0],
-        )
-        if sig not in self.probes:
-            self.probes[sig] = probe(lora_a, lora_b, transpose=transpose, ranges=ranges, out=self.buffer)
-        return self.probes[sig]
+        """Whether this tensor's tiles give the whole product's bits: each tile height that occurs
+        (the tile, a block's folded tail, the last block's) probed after a full tile."""
+        rows = t.shape[0]
+        tiles = [tile for block in self.blocking.ranges(t) for tile in self.blocking.tiles(t, block)]
+        heights = sorted({t1 - t0 for t0, t1 in tiles})
+        first = tiles[0][1] - tiles[0][0]
+        if heights == [rows]:  # one tile: the whole product itself
+            return True
+        ok = True
+        for h in heights:
+            sig = (transpose, tuple(lora_a.shape), tuple(lora_b.shape), first, h)
+            if sig not in self.probes:
+                ranges = [(0, min(first, rows - h)), (min(first, rows - h), min(first, rows - h) + h)]
+                self.probes[sig] = probe(lora_a, lora_b, transpose=transpose, ranges=ranges, out=self.buffer)
+            ok = ok and self.probes[sig]
+        return ok
 
 
 def _source(t: TensorPlan, shard: ShardPlan, src_fd: int, src_data: int, tensors: _AdapterTensors) -> _Source:
@@ -237,11 +261,29 @@ def _tensor_reads(
     row_elems = prod(t.shape[1:]) if t.shape else 1
     in_size, out_size = DTYPE_SIZES[source.dtype], DTYPE_SIZES[t.dtype]
     step = max(1, chunk_bytes // max(1, row_elems * max(in_size, out_size)))
-    blocks = blocking.ranges(t) if carries_lora(t) and len(t.shape) >= 2 else [(0, rows)]
+    tiled = carries_lora(t) and len(t.shape) >= 2
+    blocks = blocking.ranges(t) if tiled else [(0, rows)]
     for b0, b1 in blocks:
-        for r0 in range(b0, b1, step):
-            r1 = min(b1, r0 + step)
-            piece = _Piece(t, source.dtype, r0, r1, (b0, b1), dst_fd, dst_off + r0 * row_elems * out_size, r1 == rows)
+        # pieces of whole tiles (a tile is never split between two reads), ~step rows each
+        tiles = blocking.tiles(t, (b0, b1)) if tiled else [(r0, min(b1, r0 + step)) for r0 in range(b0, b1, step)]
+        group: list[tuple[int, int]] = []
+        for i, tile in enumerate(tiles):
+            group.append(tile)
+            if i + 1 < len(tiles) and tiles[i + 1][1] - group[0][0] <= step:
+                continue
+            r0, r1 = group[0][0], group[-1][1]
+            piece = _Piece(
+                t,
+                source.dtype,
+                r0,
+                r1,
+                (b0, b1),
+                dst_fd,
+                dst_off + r0 * row_elems * out_size,
+                r1 == rows,
+                tuple(group) if tiled else (),
+            )
+            group = []
             yield Read(source.fd, source.offset + r0 * row_elems * in_size, (r1 - r0) * row_elems * in_size, piece)
     if rows == 0:
         yield Read(source.fd, source.offset, 0, _Piece(t, source.dtype, 0, 0, (0, 0), dst_fd, dst_off, True))
@@ -263,6 +305,7 @@ def _merge_piece(p: _Piece, buf: bytearray, deltas: _Deltas) -> tuple[torch.Tens
     for d, cast, b0 in deltas.addends(p):
         part = d[p.r0 - b0 : p.r1 - b0] if t.shape else d
         w += part.to(dtype) if cast else part
+    deltas.add_tiles(p, w)
     return w, in_buf
 
 
@@ -378,13 +421,14 @@ class _Run:
 
 
 def _max_block_elems(plan: MergePlan, blocking: Blocking) -> int:
-    """Elements of the largest delta block (the reused buffer's size)."""
+    """Elements of the largest delta tile (the reused buffer's size)."""
     most = 0
     for shard in plan.shards:
         for t in shard.tensors:
             if carries_lora(t) and t.shape:
                 row = prod(t.shape[1:])
-                most = max(most, max(r1 - r0 for r0, r1 in blocking.ranges(t)) * row)
+                for block in blocking.ranges(t):
+                    most = max(most, max(t1 - t0 for t0, t1 in blocking.tiles(t, block)) * row)
     return most
 
 

@@ -253,3 +253,38 @@ def test_peak_rss_stays_under_the_budget_for_a_tensor_larger_than_it(tmp_path: P
         for r0, r1 in [(0, 512), (vocab // 2, vocab // 2 + 512), (vocab - 512, vocab)]:
             delta = (b @ a[:, r0:r1].contiguous()).T * 2.0
             assert torch.equal(merged[r0:r1], w[r0:r1] + delta.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize(
+    ("rows", "cols", "budget_rows", "chunk_bytes"),
+    [
+        (300, 1024, 1000, 2 << 20),
+        (300, 1024, 100, 2 << 20),
+        (1000, 64, 1000, 4096),
+        (65, 4096, 64, 1 << 20),
+        (7, 16, 64, 64),
+    ],
+)
+def test_pieces_are_made_of_whole_tiles_covering_every_row(
+    rows: int, cols: int, budget_rows: int, chunk_bytes: int
+) -> None:
+    """The reads of a LoRA'd tensor: each piece is whole tiles (a tile is never split between two
+    reads, so each tile's delta is one product), the tiles of the pieces cover every row once, in
+    order, inside one delta block each, and no tile is shorter than min_block unless the tensor is."""
+    from patchctl.merge._plan import Action, TensorPlan
+
+    blocking = Blocking(max_memory=3 * budget_rows * cols * 4, reserved=0, overhead=0, floor=0)
+    t = TensorPlan("w", "BF16", (rows, cols), (0, rows * cols * 2), (Action("lora"),))
+    src = _execute._Source(0, 0, "BF16")
+    reads = list(_execute._tensor_reads(t, src, 0, 0, blocking, chunk_bytes))
+    tiles = [tile for r in reads for tile in r.payload.tiles]
+    assert [r0 for r0, _ in tiles] == [0] + [r1 for _, r1 in tiles[:-1]] and tiles[-1][1] == rows
+    blocks = blocking.ranges(t)
+    for r in reads:
+        p = r.payload
+        assert (p.r0, p.r1) == (p.tiles[0][0], p.tiles[-1][1]) and p.block in blocks
+        assert p.block[0] <= p.r0 and p.r1 <= p.block[1]
+        assert r.nbytes == (p.r1 - p.r0) * cols * 2
+        assert len(p.tiles) == 1 or r.nbytes <= chunk_bytes
+    assert all(t1 - t0 >= min(rows, blocking.min_block) for t0, t1 in tiles)
+    assert reads[-1].payload.last and not any(r.payload.last for r in reads[:-1])
