@@ -339,7 +339,7 @@ def _download_checked_base(target: TargetBase, *, progress: bool) -> Path:
 
 
 def _dtype_plan_cache(settings: Settings) -> Path:
-    return settings.home / "cache" / "dtype-plans"
+    return settings.dtype_plan_cache_dir
 
 
 def _import_merge_engine_in_background(base_dir: Path | None = None, cache_dir: Path | None = None) -> None:

@@ -61,6 +61,18 @@ class Settings:
         return self.home / "cache" / "sha256"
 
     @property
+    def dtype_plan_cache_dir(self) -> Path:
+        """Which tensors a model class keeps in fp32 (``patchctl.merge._fp32``), by transformers
+        version, dtype and config: the same for every home, so kept in the user's cache directory
+        (``$PATCHCTL_CACHE_DIR``, default the platform's, e.g. ``~/.cache/patchctl``)."""
+        import os
+
+        from platformdirs import user_cache_dir
+
+        root = os.environ.get("PATCHCTL_CACHE_DIR") or user_cache_dir("patchctl", appauthor=False)
+        return Path(root).expanduser() / "dtype-plans"
+
+    @property
     def default_database_url(self) -> str:
         """The catalog under the home: the only one created (with its directory) on demand."""
         return f"sqlite:///{(self.home / 'catalog.db').resolve()}"

@@ -10,9 +10,9 @@ upcasts them at load, so the loaded models are the same).
 The dtype plan is transformers' own (``PreTrainedModel._get_dtype_plan`` of the base's
 architecture, built on the meta device: no weights read), matched against tensor names as
 transformers matches it (a regex search of the patterns, ``*`` as ``.*``). Building it imports the
-architecture's modeling code (seconds), so the answer is kept: in this process, and on disk under
-the home (``cache/dtype-plans``) keyed by the transformers version, the dtype and the config's
-content; and ``install`` computes it on a background thread while the base is fingerprinted
+architecture's modeling code (seconds), so the answer is kept: in this process, and on disk in
+the user's cache directory (``Settings.dtype_plan_cache_dir``) keyed by the transformers version,
+the dtype and the config's content; and ``install`` computes it on a background thread while the base is fingerprinted
 (:func:`warm`).
 """
 
