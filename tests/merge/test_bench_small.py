@@ -26,14 +26,22 @@ def test_bench_small_mode(tmp_path: Path) -> None:
         "patchctl install",
         "PEFT merge_and_unload",
         "cp -r",
+        "patchctl install (base registered)",
         "patchctl install",
         "download alone (hf_hub_download)",
         "patchctl install (downloaded base)",
         "patchctl install --onto hf://",
         "cp -r",
         "patchctl install",
+        "patchctl install (base registered)",
     ]
-    assert set(results["ratios"]) >= {"wall_ours_over_peft", "hub_over_download_plus_local", "llama3_8b_wall_over_cp"}
+    assert set(results["ratios"]) >= {
+        "wall_ours_over_peft",
+        "wall_registered_over_peft",
+        "hub_over_download_plus_local",
+        "llama3_8b_wall_over_cp",
+        "llama3_8b_registered_over_cp",
+    }
     assert all(r["wall_s"] > 0 and r["peak_rss_mib"] > 0 for r in results["rows"])
     assert results["tensors_compared_with_peft"] > 10
     assert "| patchctl install |" in proc.stdout
