@@ -39,12 +39,13 @@ def lora_delta(
         a = lora_a if (c0, c1) == (0, cols) else lora_a[:, c0:c1]
         shape = (lora_b.shape[0], c1 - c0)
         prod = torch.mm(lora_b, a, out=out[: shape[0] * shape[1]].view(shape)) if out is not None else lora_b @ a
-        return prod.T.mul_(scaling)  # in place: the same kernel as PEFT's `* scaling`, one buffer less
+        # in place: the same kernel as PEFT's `* scaling`, one buffer less; x * 1.0 is x (IEEE), skipped
+        return prod.T if scaling == 1.0 else prod.T.mul_(scaling)
     r0, r1 = rows if rows is not None else (0, lora_b.shape[0])
     b = lora_b if (r0, r1) == (0, lora_b.shape[0]) else lora_b[r0:r1]
     shape = (r1 - r0, lora_a.shape[1])
     prod = torch.mm(b, lora_a, out=out[: shape[0] * shape[1]].view(shape)) if out is not None else b @ lora_a
-    return prod.mul_(scaling)
+    return prod if scaling == 1.0 else prod.mul_(scaling)
 
 
 def probe(
