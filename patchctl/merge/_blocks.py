@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from patchctl.merge._plan import MergePlan, TensorPlan
 
-__all__ = ["DEFAULT_MAX_MEMORY", "MIN_BLOCK", "Blocking", "block_ranges", "carries_lora", "parse_size"]
+__all__ = ["DEFAULT_MAX_MEMORY", "MIN_BLOCK", "Blocking", "block_ranges", "carries_lora", "carries_param", "parse_size"]
 
 MiB = 1 << 20
 #: the default ``--max-memory``: peak RSS of an install stays under this whatever the tensor sizes
@@ -84,6 +84,10 @@ class Blocking:
         reserved = RESERVED if self.reserved is None else self.reserved
         return max(self.floor, (self.max_memory - reserved - self.overhead) // 3)
 
+    def _min_block(self, t: TensorPlan) -> int:
+        """A fused experts tensor is cut between experts (each its own product): one at least."""
+        return 1 if carries_param(t) and len(t.shape) == 3 else self.min_block
+
     def block_rows(self, t: TensorPlan) -> int:
         """Rows of ``t`` per delta block: all of them when the whole fp32 delta fits the budget."""
         rows = t.shape[0] if t.shape else 1
@@ -91,11 +95,11 @@ class Blocking:
         fit = self.delta_budget() // max(1, row_bytes)
         if fit >= rows:
             return rows
-        return min(rows, max(self.min_block, fit))
+        return min(rows, max(self._min_block(t), fit))
 
     def ranges(self, t: TensorPlan) -> list[tuple[int, int]]:
         rows = t.shape[0] if t.shape else 1
-        return block_ranges(rows, self.block_rows(t), self.min_block)
+        return block_ranges(rows, self.block_rows(t), self._min_block(t))
 
     def tile_rows(self, t: TensorPlan) -> int:
         """Rows of ``t`` per tile (see the module doc)."""
@@ -114,7 +118,7 @@ class Blocking:
         rows: list[dict[str, Any]] = []
         for shard in plan.shards:
             for t in shard.tensors:
-                if not carries_lora(t) or len(t.shape) < 2:
+                if not (carries_lora(t) or carries_param(t)) or len(t.shape) < 2:
                     continue
                 ranges = self.ranges(t)
                 if len(ranges) > 1:
@@ -171,6 +175,11 @@ def _prod(dims: tuple[int, ...]) -> int:
     for d in dims:
         n *= d
     return n
+
+
+def carries_param(t: TensorPlan) -> bool:
+    """Whether ``t`` gets a ``target_parameters`` (MoE experts) delta."""
+    return any(a.kind == "lora_param" for a in t.actions)
 
 
 def carries_lora(t: TensorPlan) -> bool:

@@ -38,7 +38,7 @@ import torch
 
 from patchctl.bases import INDEX_FILE, header_length, parse_safetensors_header, weights_fingerprint
 from patchctl.errors import InvalidInputError, UnsupportedError
-from patchctl.merge._blocks import Blocking, carries_lora
+from patchctl.merge._blocks import Blocking, carries_lora, carries_param
 from patchctl.merge._copy import copy_file
 from patchctl.merge._delta import lora_delta, probe
 from patchctl.merge._io import TORCH_DTYPES, encode_header, pwrite_all, read_tensor, tensor_bytes
@@ -131,6 +131,15 @@ def _delta_param(a: Action, tensors: _AdapterTensors) -> torch.Tensor:
     return delta[0, piece.rows[0] : piece.rows[1]]
 
 
+def _param_blockable(t: TensorPlan, a: Action) -> bool:
+    """A ``target_parameters`` delta that can be computed for a block of the base tensor's rows
+    alone: a fused experts tensor (rows = experts, each its own product) or a 2-D parameter."""
+    assert a.pair is not None and a.piece is not None
+    if a.piece.expert is not None:
+        return False  # a per-expert checkpoint tensor: one expert's delta, already bounded
+    return (a.pair.num_experts > 1 and len(t.shape) == 3) or (a.pair.num_experts == 1 and len(t.shape) == 2)
+
+
 @dataclass
 class _Deltas:
     """The LoRA delta of the tensor being merged, one block of rows at a time, in one reused
@@ -176,8 +185,16 @@ class _Deltas:
                 assert a.pair is not None and a.pair.bias_key is not None
                 adds.append((self.tensors.get(a.pair.bias_key).float() * a.pair.scaling, False))
             elif a.kind == "lora_param":
-                # ParamWrapper: delta.to(W.dtype), then W += delta (PEFT's arithmetic, whole tensor);
-                # the delta is as large as the tensor, outside the --max-memory budget
+                # ParamWrapper: delta.to(W.dtype), then W += delta (PEFT's arithmetic). A fused
+                # experts tensor (or a 2-D parameter) in row blocks: the delta of experts [b0, b1)
+                # only, once the blocking is probed; else (a per-expert tensor: one expert's delta,
+                # or a probe that differs) the delta of the whole tensor, sliced per block
+                if (b0, b1) != (0, rows) and t.name not in self.whole and _param_blockable(t, a):
+                    if self._param_probed(t, a):
+                        adds.append((self._param_rows(t, a, b0, b1), True))
+                        continue
+                    self.whole.append(t.name)
+                    log.warning("%s: expert blocks differ from the whole product on this BLAS; merged whole", t.name)
                 if self._param is None or self._param[0] != t.name:
                     self._param = (t.name, _delta_param(a, self.tensors))
                 adds.append((self._param[1][b0:b1] if t.shape else self._param[1], True))
@@ -199,6 +216,33 @@ class _Deltas:
                     raise InvalidInputError(f"{t.name}: delta shape {list(delta.shape)} differs from {list(t.shape)}")
                 adds.append((delta, embedding))
         return adds
+
+    def _param_rows(self, t: TensorPlan, a: Action, b0: int, b1: int) -> torch.Tensor:
+        """Rows ``[b0, b1)`` of :func:`_delta_param` for a blockable tensor (:func:`_param_blockable`):
+        experts ``b0..b1`` of a fused experts tensor, or rows of a 2-D parameter's ``B @ A``."""
+        assert a.pair is not None
+        p = a.pair
+        lora_a, lora_b = self._ab(t, a)
+        if p.num_experts == 1:
+            return (lora_b[b0:b1] @ lora_a) * p.scaling
+        weight_a = lora_a.reshape(p.num_experts, -1, lora_a.shape[-1])
+        weight_b = lora_b.reshape(lora_b.shape[0], -1, p.num_experts)
+        equation = "o r e, e r i -> e i o" if a.transpose else "o r e, e r i -> e o i"
+        return torch.einsum(equation, weight_b[:, :, b0:b1], weight_a[b0:b1]) * p.scaling
+
+    def _param_probed(self, t: TensorPlan, a: Action) -> bool:
+        """Whether the blocks give the whole delta's bits: the first block and the last block's
+        height, computed as two blocks, against the same rows computed at once."""
+        ranges = self.blocking.ranges(t)
+        first, last = ranges[0][1] - ranges[0][0], ranges[-1][1] - ranges[-1][0]
+        sig = ("param", t.name, first, last)
+        if sig not in self.probes:
+            n = min(t.shape[0], first + last)
+            whole = self._param_rows(t, a, 0, n)
+            self.probes[sig] = torch.equal(self._param_rows(t, a, 0, min(first, n)), whole[: min(first, n)]) and (
+                n <= first or torch.equal(self._param_rows(t, a, first, n), whole[first:n])
+            )
+        return self.probes[sig]
 
     def add_tiles(self, p: _Piece, w: torch.Tensor) -> None:
         """Add the LoRA delta of ``p``'s rows to ``w`` (those rows), a tile at a time; a tensor
@@ -262,7 +306,7 @@ def _tensor_reads(
     in_size, out_size = DTYPE_SIZES[source.dtype], DTYPE_SIZES[t.dtype]
     step = max(1, chunk_bytes // max(1, row_elems * max(in_size, out_size)))
     tiled = carries_lora(t) and len(t.shape) >= 2
-    blocks = blocking.ranges(t) if tiled else [(0, rows)]
+    blocks = blocking.ranges(t) if tiled or (carries_param(t) and len(t.shape) >= 2) else [(0, rows)]
     for b0, b1 in blocks:
         # pieces of whole tiles (a tile is never split between two reads), ~step rows each
         tiles = blocking.tiles(t, (b0, b1)) if tiled else [(r0, min(b1, r0 + step)) for r0 in range(b0, b1, step)]
