@@ -31,12 +31,23 @@ def _mean(values: list[float]) -> float | None:
     return statistics.mean(values) if values else None
 
 
+def _cost(rows: list[dict[str, Any]], what: str) -> str:
+    """Mean wall seconds, CPU seconds and peak RSS of the children that did ``what`` (port, finetune)."""
+    if not rows:
+        return "–"
+    parts = []
+    for key, fmt in ((f"{what}_s", ".1f"), (f"{what}_cpu_s", ".1f"), (f"{what}_peak_mib", ".0f")):
+        mean = _mean([r[key] for r in rows if isinstance(r.get(key), (int, float))])
+        parts.append("–" if mean is None else format(mean, fmt))
+    return " / ".join(parts)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """One line per (task, update kind, step): mean ± sd over seeds of each model's score, plus
     the drift and the cost of porting vs fine-tuning again."""
     out = [
         "| task | update | base | θ | θ+Δθ | θ′ | θ′+Δθ (ported) | θ′+Δθ′ (re-tuned) | seeds | drift max ‖W′−W‖/‖W‖ | "
-        "port s / peak MiB | re-tune s / peak MiB |",
+        "port: wall s, CPU s, peak MiB | re-tune: wall s, CPU s, peak MiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     tasks = sorted({r["task"] for r in rows})
@@ -55,16 +66,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             retuned = [r for r in sel if r["model"] == "theta_prime+delta_prime"]
             seeds = len({r["seed"] for r in ported})
             drift = _mean([r["drift_max_rel"] for r in ported if r.get("drift_max_rel") is not None])
-            port = (
-                f"{_mean([r['port_s'] for r in ported]) or 0:.1f} / {_mean([r['port_peak_mib'] for r in ported]) or 0:.0f}"
-                if ported
-                else "–"
-            )
-            ft = (
-                f"{_mean([r['finetune_s'] for r in retuned]) or 0:.1f} / {_mean([r['finetune_peak_mib'] for r in retuned]) or 0:.0f}"
-                if retuned
-                else "–"
-            )
+            port = _cost(ported, "port")
+            ft = _cost(retuned, "finetune")
             out.append(
                 f"| {task} | {update} | {STEPS[step]} | {_ms(theta)} | {_ms(theta_d)} | {_ms(by['theta_prime'])} | "
                 f"{_ms(by['theta_prime+delta'])} | {_ms(by['theta_prime+delta_prime'])} | {seeds} | "
