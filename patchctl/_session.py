@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from patchctl.adapter import AdapterLayout
 from patchctl.errors import AdapterError, InvalidInputError
 from patchctl.registry.blobs import BlobStore, materialize
 from patchctl.registry.records import VersionInfo
@@ -21,6 +21,9 @@ from patchctl.schemas.base import BaseFacts
 from patchctl.schemas.manifest import MANIFEST_FILE, Manifest
 from patchctl.schemas.peft_config import ADAPTER_WEIGHTS
 from patchctl.settings import Settings
+
+if TYPE_CHECKING:
+    from patchctl.adapter import AdapterLayout
 
 __all__ = [
     "PublishedCopy",

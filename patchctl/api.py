@@ -12,16 +12,17 @@ there); check and install in :mod:`patchctl.installer`; pull, publish and search
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from patchctl._session import PublishedCopy, Publisher, catalog, checked_adapter, materialize_version, read_base
 from patchctl._text import check_text
 from patchctl.errors import InvalidInputError, NotFoundError
-from patchctl.pushing import EvalOptions, PreparedPush, PushResult, prepare_push, push
 from patchctl.registry.db import SchemaState, make_engine, schema_state, upgrade
 from patchctl.registry.records import (
     AliasInfo,
@@ -334,10 +335,32 @@ def db_current(settings: Settings) -> SchemaState:
         engine.dispose()
 
 
-# -- check / install / remotes (implemented in their own modules) ---------------------------
+# -- push / check / install / remotes / validation (implemented in their own modules) --------
+# Imported on first use (module __getattr__), so that `patchctl list` does not load the
+# installer, the remotes or the evaluation code.
 
-from patchctl.evaluate._ci import CiOutcome, CiResult, ci, ci_plan  # noqa: E402
-from patchctl.evaluate._outdated import OutdatedPatch, outdated  # noqa: E402
-from patchctl.evaluate._run import ValidationOutcome, validate  # noqa: E402
-from patchctl.installer import CheckOutcome, InstallOutcome, check, install  # noqa: E402
-from patchctl.sync import PullResult, publisher_for, pull, remote_url_for, search  # noqa: E402
+if TYPE_CHECKING:
+    from patchctl.evaluate._ci import CiOutcome, CiResult, ci, ci_plan
+    from patchctl.evaluate._outdated import OutdatedPatch, outdated
+    from patchctl.evaluate._run import ValidationOutcome, validate
+    from patchctl.installer import CheckOutcome, InstallOutcome, check, install
+    from patchctl.pushing import EvalOptions, PreparedPush, PushResult, prepare_push, push
+    from patchctl.sync import PullResult, publisher_for, pull, remote_url_for, search
+
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(("CiOutcome", "CiResult", "ci", "ci_plan"), "patchctl.evaluate._ci"),
+    **dict.fromkeys(("OutdatedPatch", "outdated"), "patchctl.evaluate._outdated"),
+    **dict.fromkeys(("ValidationOutcome", "validate"), "patchctl.evaluate._run"),
+    **dict.fromkeys(("CheckOutcome", "InstallOutcome", "check", "install"), "patchctl.installer"),
+    **dict.fromkeys(("EvalOptions", "PreparedPush", "PushResult", "prepare_push", "push"), "patchctl.pushing"),
+    **dict.fromkeys(("PullResult", "publisher_for", "pull", "remote_url_for", "search"), "patchctl.sync"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
