@@ -108,3 +108,9 @@ def test_list_on_a_current_catalog_does_not_import_alembic(tmp_path: Path) -> No
     # ... after which opening it reads alembic_version with one query
     loaded = _loaded(["list"], home)
     assert "alembic" not in loaded and "huggingface_hub" not in loaded and "torch" not in loaded
+
+
+def test_search_does_not_load_the_catalog(tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    assert "sqlalchemy" not in _loaded(["search", "--remote", f"file://{remote}"], tmp_path / "home")
