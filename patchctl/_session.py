@@ -11,16 +11,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from patchctl.adapter import AdapterLayout
 from patchctl.errors import AdapterError, InvalidInputError
 from patchctl.registry.blobs import BlobStore, materialize
 from patchctl.registry.records import VersionInfo
 from patchctl.registry.store import Catalog, open_catalog
-from patchctl.schemas.base import BaseFacts
-from patchctl.schemas.manifest import MANIFEST_FILE, Manifest
-from patchctl.schemas.peft_config import ADAPTER_WEIGHTS
 from patchctl.settings import Settings
+
+if TYPE_CHECKING:
+    from patchctl.adapter import AdapterLayout
+    from patchctl.schemas.base import BaseFacts
+    from patchctl.schemas.manifest import Manifest
 
 __all__ = [
     "PublishedCopy",
@@ -58,7 +60,7 @@ class PublishedCopy:
 
 #: ``publish(manifest, staged_dir)``: copy ``staged_dir`` (the version's files + patch.json) to a
 #: remote and say where; raise a PatchctlError (e.g. RemoteError) to abort the push unrecorded.
-Publisher = Callable[[Manifest, Path], PublishedCopy]
+Publisher = Callable[["Manifest", Path], PublishedCopy]
 
 
 @contextmanager
@@ -116,6 +118,7 @@ def checked_adapter(adapter_dir: Path) -> AdapterLayout:
     every value floating and finite."""
     from patchctl.adapter import read_adapter
     from patchctl.checks._tensors import FLOAT_DTYPES, nonfinite_count
+    from patchctl.schemas.peft_config import ADAPTER_WEIGHTS
 
     layout = read_adapter(adapter_dir)
     if layout.problems:
@@ -145,6 +148,8 @@ def checked_adapter(adapter_dir: Path) -> AdapterLayout:
 
 def materialize_version(settings: Settings, version: VersionInfo, dest: Path, *, link: bool = True) -> Path:
     """Lay out a recorded version's files (a PEFT adapter directory) plus patch.json in ``dest``."""
+    from patchctl.schemas.manifest import MANIFEST_FILE
+
     store = content_store(settings)
     out = materialize(store, version.files, dest, link=link)
     (out / MANIFEST_FILE).unlink(missing_ok=True)

@@ -12,17 +12,17 @@ there); check and install in :mod:`patchctl.installer`; pull, publish and search
 
 from __future__ import annotations
 
+import importlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from patchctl._session import PublishedCopy, Publisher, catalog, checked_adapter, materialize_version, read_base
 from patchctl._text import check_text
 from patchctl.errors import InvalidInputError, NotFoundError
-from patchctl.pushing import EvalOptions, PreparedPush, PushResult, prepare_push, push
-from patchctl.registry.db import SchemaState, make_engine, schema_state, upgrade
 from patchctl.registry.records import (
     AliasInfo,
     Ancestor,
@@ -35,8 +35,7 @@ from patchctl.registry.records import (
     ValidationRecord,
     VersionInfo,
 )
-from patchctl.registry.store import Catalog
-from patchctl.schemas.manifest import normalize_version
+from patchctl.schemas._names import normalize_version
 from patchctl.schemas.refs import HubRef, PatchRef, parse_base_ref, parse_patch_ref
 from patchctl.settings import Settings
 
@@ -87,6 +86,29 @@ __all__ = [
 ]
 
 
+if TYPE_CHECKING:
+    from patchctl._session import PublishedCopy, Publisher, catalog, checked_adapter, materialize_version, read_base
+    from patchctl.registry.db import SchemaState
+    from patchctl.registry.store import Catalog
+    from patchctl.schemas.base import BaseFacts
+
+
+@contextmanager
+def _catalog(settings: Settings) -> Iterator[Catalog]:
+    # the catalog (SQLAlchemy) is imported by the functions that open it, not by `import
+    # patchctl.api`: `patchctl search` and `patchctl config` never load it
+    from patchctl._session import catalog
+
+    with catalog(settings) as cat:
+        yield cat
+
+
+def _read_base(base_dir: Path, **kwargs: Any) -> BaseFacts:
+    from patchctl._session import read_base
+
+    return read_base(base_dir, **kwargs)
+
+
 # -- list / show / resolve ------------------------------------------------------------------
 
 
@@ -101,7 +123,7 @@ def list_patches(
     """Patches by name; ``limit`` of them after ``cursor`` (the last name of the previous page).
     ``validated_on`` (a base directory, ``hf://repo@rev`` or weights fingerprint) keeps those with a
     version that passed validation on exactly that base."""
-    with catalog(settings) as cat:
+    with _catalog(settings) as cat:
         if validated_on is None:
             return cat.list_patches(namespace, limit=limit, after=cursor)
         sha = _base_fingerprint(cat, validated_on, settings=settings)
@@ -121,7 +143,7 @@ def _base_fingerprint(cat: Catalog, text: str, *, settings: Settings) -> str:
         if len(found) != 1:
             raise NotFoundError(f"{text}: {len(found)} recorded bases match; give a commit or a fingerprint")
         return found[0].weights_sha256
-    return read_base(ref.path, settings=settings).weights_sha256
+    return _read_base(ref.path, settings=settings).weights_sha256
 
 
 def _patch_ref(text: str) -> PatchRef:
@@ -132,7 +154,7 @@ def _patch_ref(text: str) -> PatchRef:
 
 
 def resolve(settings: Settings, ref: str) -> VersionInfo:
-    with catalog(settings) as cat:
+    with _catalog(settings) as cat:
         return cat.resolve(_patch_ref(ref)).version
 
 
@@ -170,7 +192,7 @@ def show(
 
     Compat reports: the newest per base unless ``all_reports``; reports and installs: ``limit``
     rows (newest first) older than their cursor (the last id of the previous page)."""
-    with catalog(settings) as cat:
+    with _catalog(settings) as cat:
         resolved = cat.resolve(_patch_ref(ref))
         v = resolved.version
         try:
@@ -219,17 +241,17 @@ def _name_and_version(ref: str, version: str | None) -> tuple[str, str]:
 
 def alias_set(settings: Settings, ref: str, alias: str, version: str | None = None) -> AliasInfo:
     name, v = _name_and_version(ref, version)
-    with catalog(settings) as cat:
+    with _catalog(settings) as cat:
         return cat.set_alias(name, alias, v)
 
 
 def alias_remove(settings: Settings, name: str, alias: str) -> None:
-    with catalog(settings) as cat:
+    with _catalog(settings) as cat:
         cat.remove_alias(_patch_ref(name).name, alias)
 
 
 def alias_list(settings: Settings, name: str) -> list[AliasInfo]:
-    with catalog(settings) as cat:
+    with _catalog(settings) as cat:
         return cat.list_aliases(_patch_ref(name).name)
 
 
@@ -237,13 +259,13 @@ def yank(settings: Settings, ref: str, version: str | None = None, *, reason: st
     if reason is not None:
         check_text(reason, "--reason")
     name, v = _name_and_version(ref, version)
-    with catalog(settings) as cat:
+    with _catalog(settings) as cat:
         return cat.yank(name, v, reason)
 
 
 def unyank(settings: Settings, ref: str, version: str | None = None) -> VersionInfo:
     name, v = _name_and_version(ref, version)
-    with catalog(settings) as cat:
+    with _catalog(settings) as cat:
         return cat.unyank(name, v)
 
 
@@ -279,7 +301,7 @@ def _parent_fingerprint(cat: Catalog, text: str, *, show_progress: bool, setting
         if len(found) > 1:
             raise InvalidInputError(f"{text}: {len(found)} bases match; give a revision or a fingerprint")
         return found[0].weights_sha256
-    facts = read_base(ref.path, show_progress=show_progress, settings=settings)
+    facts = _read_base(ref.path, show_progress=show_progress, settings=settings)
     base, _ = cat.add_base(facts)
     return base.weights_sha256
 
@@ -299,8 +321,8 @@ def base_add(
     if relation not in LINEAGE_RELATIONS:
         raise InvalidInputError(f"relation {relation!r}: expected one of {', '.join(LINEAGE_RELATIONS)}")
     base_dir = Path(base_dir).expanduser()
-    facts = read_base(base_dir, revision=revision, show_progress=show_progress, settings=settings)
-    with catalog(settings) as cat:
+    facts = _read_base(base_dir, revision=revision, show_progress=show_progress, settings=settings)
+    with _catalog(settings) as cat:
         parent_shas = [_parent_fingerprint(cat, p, show_progress=show_progress, settings=settings) for p in parents]
         base, created = cat.add_base(facts)
         edges = tuple(cat.add_lineage(base.weights_sha256, p, relation) for p in parent_shas)
@@ -309,7 +331,7 @@ def base_add(
 
 def base_list(settings: Settings, *, limit: int | None = None, cursor: str | None = None) -> BaseListing:
     """Recorded bases and their parents; ``limit`` of them after ``cursor`` (a weights fingerprint)."""
-    with catalog(settings) as cat:
+    with _catalog(settings) as cat:
         bases = tuple(cat.list_bases(limit=limit, after=cursor))
         children = None if limit is None and cursor is None else [b.weights_sha256 for b in bases]
         return BaseListing(bases, tuple(cat.list_lineage(children)))
@@ -319,6 +341,8 @@ def base_list(settings: Settings, *, limit: int | None = None, cursor: str | Non
 
 
 def db_upgrade(settings: Settings) -> SchemaState:
+    from patchctl.registry.db import make_engine, upgrade
+
     engine = make_engine(settings.database_url, create_dir=settings.uses_default_database)
     try:
         return upgrade(engine)
@@ -327,6 +351,8 @@ def db_upgrade(settings: Settings) -> SchemaState:
 
 
 def db_current(settings: Settings) -> SchemaState:
+    from patchctl.registry.db import make_engine, schema_state
+
     engine = make_engine(settings.database_url, create_dir=settings.uses_default_database)
     try:
         return schema_state(engine)
@@ -334,10 +360,36 @@ def db_current(settings: Settings) -> SchemaState:
         engine.dispose()
 
 
-# -- check / install / remotes (implemented in their own modules) ---------------------------
+# -- push / check / install / remotes / validation (implemented in their own modules) --------
+# Imported on first use (module __getattr__), so that `patchctl list` does not load the
+# installer, the remotes or the evaluation code.
 
-from patchctl.evaluate._ci import CiOutcome, CiResult, ci, ci_plan  # noqa: E402
-from patchctl.evaluate._outdated import OutdatedPatch, outdated  # noqa: E402
-from patchctl.evaluate._run import ValidationOutcome, validate  # noqa: E402
-from patchctl.installer import CheckOutcome, InstallOutcome, check, install  # noqa: E402
-from patchctl.sync import PullResult, publisher_for, pull, remote_url_for, search  # noqa: E402
+if TYPE_CHECKING:
+    from patchctl.evaluate._ci import CiOutcome, CiResult, ci, ci_plan
+    from patchctl.evaluate._outdated import OutdatedPatch, outdated
+    from patchctl.evaluate._run import ValidationOutcome, validate
+    from patchctl.installer import CheckOutcome, InstallOutcome, check, install
+    from patchctl.pushing import EvalOptions, PreparedPush, PushResult, prepare_push, push
+    from patchctl.sync import PullResult, publisher_for, pull, remote_url_for, search
+
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(
+        ("PublishedCopy", "Publisher", "catalog", "checked_adapter", "materialize_version", "read_base"),
+        "patchctl._session",
+    ),
+    **dict.fromkeys(("CiOutcome", "CiResult", "ci", "ci_plan"), "patchctl.evaluate._ci"),
+    **dict.fromkeys(("OutdatedPatch", "outdated"), "patchctl.evaluate._outdated"),
+    **dict.fromkeys(("ValidationOutcome", "validate"), "patchctl.evaluate._run"),
+    **dict.fromkeys(("CheckOutcome", "InstallOutcome", "check", "install"), "patchctl.installer"),
+    **dict.fromkeys(("EvalOptions", "PreparedPush", "PushResult", "prepare_push", "push"), "patchctl.pushing"),
+    **dict.fromkeys(("PullResult", "publisher_for", "pull", "remote_url_for", "search"), "patchctl.sync"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

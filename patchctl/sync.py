@@ -11,15 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from patchctl._session import PublishedCopy, Publisher, catalog, checked_adapter
 from patchctl.errors import InvalidInputError
-from patchctl.registry.blobs import BlobStore
 from patchctl.registry.records import RemoteCopy, VersionInfo
 from patchctl.schemas.manifest import Manifest
 from patchctl.schemas.refs import HubRef, PatchRef, RemoteRef, parse_patch_ref
 from patchctl.settings import Settings
 
 if TYPE_CHECKING:
+    from patchctl._session import Publisher
     from patchctl.remotes import RemotePatch, VersionWanted
 
 __all__ = ["PullResult", "publisher_for", "pull", "remote_url_for", "search"]
@@ -32,6 +31,7 @@ def remote_url_for(settings: Settings, to: str | None) -> str | None:
 
 def publisher_for(url: str) -> Publisher:
     """A :data:`~patchctl._session.Publisher` that publishes to ``url`` (hf://org/repo, hf://org, file:///dir)."""
+    from patchctl._session import PublishedCopy
     from patchctl.remotes import model_card, open_remote
 
     remote = open_remote(url)
@@ -71,6 +71,8 @@ def _remote_and_wanted(settings: Settings, text: str) -> tuple[str, VersionWante
 
 def pull(settings: Settings, text: str, *, progress: bool = True) -> PullResult:
     """Fetch a version from a remote, verify it, store its files and record it with its origin."""
+    from patchctl._session import catalog, checked_adapter
+    from patchctl.registry.blobs import BlobStore
     from patchctl.remotes import open_remote
 
     url, wanted, name = _remote_and_wanted(settings, text)

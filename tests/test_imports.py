@@ -76,7 +76,9 @@ def _all_imports(module: str) -> set[str]:
 
 
 def test_the_graph_sees_known_imports() -> None:
-    assert "patchctl.registry.store" in _top_level_imports("patchctl.api")
+    assert "patchctl.registry.records" in _top_level_imports("patchctl.api")
+    assert "patchctl.registry.store" not in _top_level_imports("patchctl.api")  # imported when a catalog opens
+    assert "patchctl.registry.store" in _all_imports("patchctl.api")
     assert "patchctl.api" in _all_imports("patchctl.cli.patches")
 
 

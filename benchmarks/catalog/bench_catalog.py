@@ -340,12 +340,35 @@ def measure(url: str, size: Size, *, seed_rng: int = 1) -> dict[str, tuple[float
         cat.close()
 
 
+def _directory_remote(root: Path, patches: int) -> Path:
+    """A file:// remote with ``patches`` patches of one version each (patch.json only: search
+    reads nothing else), for the ``search`` row."""
+    template = _valid_manifest_template()
+    for i in range(patches):
+        name = f"bench/r{i:05d}"
+        vdir = root / name / "versions" / "1.0.0"
+        vdir.mkdir(parents=True)
+        doc = {**template, "name": name, "version": "1.0.0"}
+        (vdir / "patch.json").write_text(json.dumps(doc))
+    return root
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else []
+
+
 def measure_cli(url: str, size: Size, runs: int) -> dict[str, tuple[float, float, float]]:
     """A fresh ``python -m patchctl`` process per run: median wall time, max wall time and median
-    CPU time (user + sys, s) of ``runs``. ``--help`` is the floor: interpreter start and imports."""
+    CPU time (user + sys, s) of ``runs``. ``--help`` is the floor: interpreter start and imports.
+
+    The processes read patchctl's bytecode from a cache (``PYTHONPYCACHEPREFIX``, written by one
+    unmeasured run of each command), as an installed package's ``.pyc`` files are read: without
+    it (``PYTHONDONTWRITEBYTECODE=1``, set on the development machine) every run would compile
+    the package's sources again."""
     import resource
 
     home = tempfile.mkdtemp(prefix="bench-cli-home-")
+    remote = _directory_remote(Path(tempfile.mkdtemp(prefix="bench-remote-")), 100)
     name = f"bench/p{size.patches // 2:05d}"
     target = base_sha((size.patches // 2) % size.chains, size.generations - 1)
     cmds = {
@@ -354,21 +377,26 @@ def measure_cli(url: str, size: Size, runs: int) -> dict[str, tuple[float, float
         "show": ["show", name],
         "resolve --onto": ["resolve", name, "--onto", target],
         "lineage": ["lineage", name],
+        "search (a file:// remote, 100 patches)": ["search", "--remote", f"file://{remote}"],
     }
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env |= {"PYTHONPATH": str(REPO_ROOT), "PYTHONPYCACHEPREFIX": tempfile.mkdtemp(prefix="bench-pycache-")}
     out = {}
     for label, args in cmds.items():
         times, cpu = [], []
-        for _ in range(runs):
+        for i in range(runs + 1):
             r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             t = time.perf_counter()
             proc = subprocess.run([sys.executable, "-m", "patchctl", "--home", home, "--db", url, *args],
-                                  capture_output=True, text=True, env=env)  # fmt: skip
-            times.append(time.perf_counter() - t)
+                                  capture_output=True, text=True, env=env, cwd=home)  # fmt: skip
+            wall = time.perf_counter() - t
             r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpu.append((r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime))
             if proc.returncode not in (0, 3):
                 raise RuntimeError(f"patchctl {' '.join(args)} failed: {proc.stderr}")
+            if i == 0:
+                continue  # the warm-up run writes the bytecode cache
+            times.append(wall)
+            cpu.append((r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime))
         out[label] = (statistics.median(times), max(times), statistics.median(cpu))
     return out
 
@@ -386,6 +414,18 @@ def table(
         lines += ["", "| CLI, end to end | median wall s | max wall s | median CPU s |", "|---|---:|---:|---:|"]
         lines += [f"| patchctl {k} | {a:.3f} | {b:.3f} | {c:.3f} |" for k, (a, b, c) in cli.items()]
     return "\n".join(lines)
+
+
+def _commit() -> str | None:
+    """The git commit measured (``+dirty`` when patchctl/ has uncommitted changes)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=REPO_ROOT, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "patchctl"], capture_output=True, text=True,
+                               cwd=REPO_ROOT, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -407,11 +447,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         engine.dispose()
     results = measure(url, size)
     print(table(size, url.split(":", 1)[0], results, {}), file=sys.stderr, flush=True)
+    load_before = load_average()
     cli = measure_cli(url, size, args.cli_runs) if args.cli_runs else {}
     backend = url.split(":", 1)[0].split("+", 1)[0]
     print(table(size, backend, results, cli))
     data = {"backend": backend, "size": size.__dict__, "in_process_ms": results, "cli_s": cli,
-            "targets": {"p99_ms": TARGET_MS, "cli_s": CLI_TARGET_S}}  # fmt: skip
+            "targets": {"p99_ms": TARGET_MS, "cli_s": CLI_TARGET_S}, "commit": _commit(),
+            "load_average": {"before_cli": load_before, "after_cli": load_average()},
+            "cpus": os.cpu_count()}  # fmt: skip
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(data, indent=2))
     return data

@@ -2,12 +2,23 @@
 
 Commands live one group per module; each parses flags, calls one API function, renders.
 torch and transformers are never imported here (a test asserts it).
+
+The root group loads a command's module only when that command runs (``patchctl list`` imports
+:mod:`patchctl.cli.patches`, not the evaluation or remote commands), so that start-up costs
+what the command needs. ``patchctl --help`` lists every command from :data:`COMMAND_TABLE`
+without importing any of them; ``tests/cli/test_lazy_cli.py`` checks the table against the
+commands themselves.
 """
 
 from __future__ import annotations
 
+import gc
+import importlib
 import logging
 import sys
+from collections.abc import Iterator, MutableMapping
+from gettext import gettext as _
+from typing import Any
 
 import click
 
@@ -16,15 +27,131 @@ from patchctl._secrets import RedactingFilter
 from patchctl.cli._errors import run_with_error_handling
 from patchctl.settings import Settings
 
-__all__ = ["cli", "main"]
+__all__ = ["COMMAND_TABLE", "cli", "main"]
+
+#: every top-level command: name -> (module under ``patchctl.cli`` whose ``COMMANDS`` holds it,
+#: its one-line help as ``patchctl --help`` shows it, i.e. ``get_short_help_str`` untruncated)
+COMMAND_TABLE: dict[str, tuple[str, str]] = {
+    "alias": ("alias", "Aliases: org/name@ALIAS resolves to the version the alias points to."),
+    "base": ("base", "Bases (θ, θ′, ...) identified by their weights fingerprint, with lineage edges."),
+    "check": ("install", "Run the compatibility checks of PATCH against the base given by --onto."),
+    "ci": (
+        "evaluate",
+        "Re-validate the newest non-yanked version of every matching patch with an eval set on --onto.",
+    ),
+    "config": ("config", "Show the settings in force (flags > environment > <home>/config.toml > defaults)."),
+    "db": ("db", "The catalog database's schema."),
+    "gc": ("maintenance", "Remove temporaries of killed processes, blobs no version refers to, and stale layouts."),
+    "install": ("install", "Check PATCH against the base --onto, then write it merged into --out (θ′ + Δθ)."),
+    "lineage": (
+        "lineage",
+        "Draw the lineage around TARGET: a patch (org/name) or a base (directory, hf://repo@rev, fingerprint).",
+    ),
+    "list": (
+        "patches",
+        "List the patches in the catalog (newest non-yanked version of each), by name, a page at a time.",
+    ),
+    "outdated": (
+        "evaluate",
+        "Patches not yet validated on the newest commit of the hf:// bases they were made or validated on.",
+    ),
+    "pull": ("remote", "Fetch a patch version from a remote into the catalog, verifying every file's sha256."),
+    "push": ("patches", "Record a PEFT LoRA adapter as NAME==VERSION: manifest, files in the store, catalog rows."),
+    "resolve": ("resolve", "Choose the version of REQUEST that fits the base given by --onto, and say why."),
+    "schema": ("schema", "Print the JSON Schema of the patch manifest (patch.json)."),
+    "search": ("remote", "List the patches a remote offers (on the Hub: models tagged `patchctl`)."),
+    "show": ("patches", "Show one version: manifest, files, source base and its lineage, aliases, remotes, reports."),
+    "unyank": ("patches", "Undo a yank."),
+    "validate": ("evaluate", "Score PATCH's eval set on the base --onto, unpatched and patched, and judge it."),
+    "verify": (
+        "maintenance",
+        "Re-hash the content store against the catalog (and laid-out versions against the store).",
+    ),
+    "yank": ("patches", "Yank a version (org/name==1.0.0): resolvers skip it unless it is pinned exactly."),
+}
+
+
+#: set by :func:`main` (not when the group is run in another program's process, e.g. tests)
+_FREEZE_IMPORTS = False
+
+
+def _import_command_module(name: str) -> Any:
+    """Import ``patchctl.cli.<name>`` with the cyclic garbage collector paused: the import creates
+    hundreds of thousands of objects (SQLAlchemy, pydantic) and no garbage worth a collection,
+    and the collections it would trigger cost about a tenth of a command's start-up. In the
+    ``patchctl`` process (:func:`main`) the objects it made (modules, classes, functions: they
+    live as long as the process) are then frozen, so that the command's own collections do
+    not walk them again."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return importlib.import_module(f"patchctl.cli.{name}")
+    finally:
+        if _FREEZE_IMPORTS:
+            gc.freeze()
+        if was_enabled:
+            gc.enable()
+
+
+class _LazyCommands(MutableMapping[str, click.Command]):
+    """The root group's commands: the names are known up front (:data:`COMMAND_TABLE`); a
+    command's module is imported the first time the command itself is looked up."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, click.Command] = {}
+
+    def loaded(self, name: str) -> click.Command | None:
+        return self._loaded.get(name)
+
+    def __getitem__(self, name: str) -> click.Command:
+        cmd = self._loaded.get(name)
+        if cmd is None:
+            if name not in COMMAND_TABLE:
+                raise KeyError(name)
+            module = _import_command_module(COMMAND_TABLE[name][0])
+            for command in module.COMMANDS:
+                assert command.name is not None
+                self._loaded.setdefault(command.name, command)
+            cmd = self._loaded[name]
+        return cmd
+
+    def __setitem__(self, name: str, cmd: click.Command) -> None:
+        self._loaded[name] = cmd
+
+    def __delitem__(self, name: str) -> None:
+        raise TypeError("patchctl's commands cannot be removed")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(COMMAND_TABLE.keys() | self._loaded.keys()))
+
+    def __len__(self) -> int:
+        return len(COMMAND_TABLE.keys() | self._loaded.keys())
 
 
 class _Group(click.Group):
+    commands: _LazyCommands
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(self.commands)
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """As click's, but a command not yet imported is listed with its help from the table."""
+        rows: list[tuple[str, click.Command]] = []
+        for name in self.list_commands(ctx):
+            cmd = self.commands.loaded(name) or click.Command(name, help=COMMAND_TABLE[name][1])
+            if not cmd.hidden:
+                rows.append((name, cmd))
+        if rows:
+            limit = formatter.width - 6 - max(len(name) for name, _ in rows)
+            with formatter.section(_("Commands")):
+                formatter.write_dl([(name, cmd.get_short_help_str(limit)) for name, cmd in rows])
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+@click.group(
+    cls=_Group,
+    commands=_LazyCommands(),
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="patchctl")
 @click.option("--home", envvar="PATCHCTL_HOME", type=click.Path(file_okay=False), help="Data directory.")
 @click.option("--db", "database_url", envvar="PATCHCTL_DATABASE_URL", help="Catalog database URL.")
@@ -43,40 +170,7 @@ def cli(ctx: click.Context, home: str | None, database_url: str | None, verbose:
     ctx.obj = Settings.resolve(home=home, database_url=database_url)
 
 
-def _register() -> None:
-    from patchctl.cli import alias as _alias
-    from patchctl.cli import base as _base
-    from patchctl.cli import config as _config
-    from patchctl.cli import db as _db
-    from patchctl.cli import evaluate as _evaluate
-    from patchctl.cli import install as _install
-    from patchctl.cli import lineage as _lineage
-    from patchctl.cli import maintenance as _maintenance
-    from patchctl.cli import patches as _patches
-    from patchctl.cli import remote as _remote
-    from patchctl.cli import resolve as _resolve
-    from patchctl.cli import schema as _schema
-
-    for module in (
-        _schema,
-        _patches,
-        _alias,
-        _base,
-        _db,
-        _install,
-        _remote,
-        _config,
-        _resolve,
-        _lineage,
-        _evaluate,
-        _maintenance,
-    ):
-        for command in module.COMMANDS:
-            cli.add_command(command)
-
-
-_register()
-
-
 def main() -> None:
+    global _FREEZE_IMPORTS
+    _FREEZE_IMPORTS = True
     sys.exit(run_with_error_handling(cli, prog_name="patchctl"))

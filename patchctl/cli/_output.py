@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from pydantic import BaseModel
 
 from patchctl._text import escape_controls
 
@@ -29,7 +28,8 @@ def to_jsonable(obj: Any) -> Any:
     ``"-Infinity"`` (bare ``NaN`` is not JSON: every ``--json`` output must parse)."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return "NaN" if math.isnan(obj) else ("Infinity" if obj > 0 else "-Infinity")
-    if isinstance(obj, BaseModel):
+    if "pydantic" in sys.modules and isinstance(obj, sys.modules["pydantic"].BaseModel):
+        # (a pydantic model exists only once pydantic is imported: `list` never imports it)
         return to_jsonable(obj.model_dump(mode="json"))
     if hasattr(obj, "__dataclass_fields__"):
         return {k: to_jsonable(getattr(obj, k)) for k in obj.__dataclass_fields__}

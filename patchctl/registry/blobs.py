@@ -18,11 +18,14 @@ import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from patchctl._fs import CHUNK, fsync_dir, pid_alive, sha256_file
 from patchctl.errors import IntegrityError, NotFoundError
-from patchctl.schemas._common import check_safe_relpath
-from patchctl.schemas.manifest import FileEntry
+from patchctl.schemas._names import check_safe_relpath
+
+if TYPE_CHECKING:
+    from patchctl.schemas.manifest import FileEntry
 
 __all__ = ["BlobStore", "layout_problems", "materialize"]
 

@@ -3,7 +3,8 @@
 The schema is created and changed only by the migrations in :mod:`patchctl.migrations`.
 :func:`check_schema` refuses a catalog whose revision is not this patchctl's head, naming the
 exact command that fixes it; an empty SQLite database is upgraded on first use so that a new
-user's first command just works.
+user's first command just works. Opening an up-to-date catalog costs one query (its
+``alembic_version`` row against :data:`HEAD_REVISION`); Alembic is imported only when they differ.
 
 SQLite: WAL journal, a 30 s busy timeout and foreign keys on every connection; write
 transactions start with ``BEGIN IMMEDIATE`` so that concurrent writers queue on the lock
@@ -27,6 +28,7 @@ from patchctl.errors import CatalogError, InvalidInputError, StaleSchemaError
 
 __all__ = [
     "BUSY_TIMEOUT_S",
+    "HEAD_REVISION",
     "SchemaState",
     "check_schema",
     "head_revision",
@@ -41,6 +43,9 @@ __all__ = [
 ]
 
 BUSY_TIMEOUT_S = 30
+#: the newest migration in ``patchctl/migrations`` (bump it with every new migration;
+#: tests/registry/test_migrations.py checks it against Alembic's script directory)
+HEAD_REVISION = "0004"
 #: pg_advisory_lock key of catalog migrations (any constant: "patchctl" in ASCII)
 _PG_LOCK_KEY = 0x7061746368637466
 #: execution option that makes a SQLite transaction start with BEGIN IMMEDIATE
@@ -249,8 +254,26 @@ def _upgrade_locked(engine: Engine, revision: str) -> SchemaState:
     return schema_state(engine)
 
 
+def _at_head(engine: Engine) -> bool:
+    """One query: does the catalog's ``alembic_version`` hold exactly :data:`HEAD_REVISION`?
+    No table, another revision or several rows answer no (the full check then says what is
+    wrong); a connection that cannot be opened is the same error the full check raises."""
+    try:
+        conn = engine.connect()
+    except OperationalError as exc:
+        raise _connect_error(engine, exc) from None
+    with conn:
+        try:
+            rows = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
+        except SQLAlchemyError:
+            return False
+    return [tuple(r) for r in rows] == [(HEAD_REVISION,)]
+
+
 def check_schema(engine: Engine, *, auto_create: bool) -> SchemaState:
     """Refuse a catalog that is not at head. An empty database is migrated when ``auto_create``."""
+    if _at_head(engine):
+        return SchemaState(url=redacted_url(engine.url), current=HEAD_REVISION, head=HEAD_REVISION, empty=False)
     state = schema_state(engine)
     if state.up_to_date:
         return state

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from patchctl.schemas.base import Family
-from patchctl.schemas.manifest import FileEntry, Manifest
+if TYPE_CHECKING:  # (records hold them; building them is the store's job, which imports them)
+    from patchctl.schemas.base import Family
+    from patchctl.schemas.manifest import FileEntry, Manifest
 
 __all__ = [
     "AddVersionResult",

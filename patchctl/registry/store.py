@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version as PepVersion
@@ -43,10 +43,13 @@ from patchctl.registry.records import (
     VersionInfo,
 )
 from patchctl.registry.resolver import BaseCandidate, Candidate, exact_version, pick_version, version_sort_key
-from patchctl.schemas.base import BaseFacts, Family
-from patchctl.schemas.manifest import Manifest, check_patch_name, normalize_version
+from patchctl.schemas._names import check_patch_name, normalize_version
 from patchctl.schemas.refs import PatchRef
 from patchctl.settings import Settings
+
+if TYPE_CHECKING:
+    from patchctl.schemas.base import BaseFacts, Family
+    from patchctl.schemas.manifest import Manifest
 
 __all__ = ["IDENTICAL", "LINEAGE_RELATIONS", "Catalog", "check_alias_name", "open_catalog"]
 
@@ -170,6 +173,8 @@ class Catalog:
 
     @staticmethod
     def _info(patch: m.Patch, row: m.Version) -> VersionInfo:
+        from patchctl.schemas.manifest import Manifest  # (pydantic: not needed by `list`)
+
         return VersionInfo(
             name=patch.name,
             version=row.version,
@@ -183,6 +188,8 @@ class Catalog:
 
     @staticmethod
     def _base_info(row: m.BaseModel) -> BaseInfo:
+        from patchctl.schemas.base import Family
+
         return BaseInfo(
             source=row.source,
             revision=row.revision,

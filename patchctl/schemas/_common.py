@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from patchctl.errors import InvalidInputError
+from patchctl.schemas._names import check_safe_relpath
 
 __all__ = [
     "SafeRelPath",
@@ -29,20 +30,6 @@ class StrictModel(BaseModel):
 def _check_sha256(value: str) -> str:
     if not _SHA256.fullmatch(value):
         raise ValueError("must be 64 lowercase hex characters (a sha256 digest)")
-    return value
-
-
-def check_safe_relpath(value: str) -> str:
-    """A relative POSIX path that cannot escape its directory (no '..', no absolute, no backslash)."""
-    if not value or value != value.strip():
-        raise ValueError("must be a non-empty relative path without surrounding spaces")
-    if "\\" in value or "\x00" in value or ":" in value:
-        raise ValueError(f"{value!r}: backslashes, colons and NUL are not allowed in file names")
-    if value.startswith("/"):
-        raise ValueError(f"{value!r}: must be relative, not absolute")
-    parts = value.split("/")
-    if any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"{value!r}: '.', '..' and empty path segments are not allowed")
     return value
 
 

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from packaging.version import InvalidVersion, Version
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from patchctl.errors import ManifestError
 from patchctl.schemas._common import SafeRelPath, Sha256, StrictModel, format_validation_error
+from patchctl.schemas._names import check_patch_name, normalize_version
 from patchctl.schemas.base import Family, TokenizerFacts
 
 __all__ = [
@@ -45,27 +44,6 @@ MANIFEST_FILE = "patch.json"
 SCHEMA_VERSION = 2
 #: the folder of a version's files that holds its eval set
 EVAL_DIR = "eval"
-
-_NAME_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
-_NAME = re.compile(rf"^{_NAME_PART}/{_NAME_PART}$")
-
-
-def check_patch_name(value: str) -> str:
-    """``namespace/name``: letters, digits, '.', '_' and '-', each part 1-96 chars (Hub repo id rules)."""
-    if not _NAME.fullmatch(value) or ".." in value or "--" in value:
-        raise ValueError(
-            f"{value!r}: a patch name is 'namespace/name' (letters, digits, '.', '_', '-'; "
-            "no '..' or '--'; each part at most 96 characters)"
-        )
-    return value
-
-
-def normalize_version(value: str) -> str:
-    """PEP 440 normal form of a version string (``1.0`` stays ``1.0``; ``v1.0.0`` → ``1.0.0``)."""
-    try:
-        return str(Version(value))
-    except InvalidVersion:
-        raise ValueError(f"{value!r} is not a valid PEP 440 version (e.g. 1.0.0, 1.2rc1)") from None
 
 
 def content_digest(files: Iterable[tuple[str, str]]) -> str:

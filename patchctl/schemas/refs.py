@@ -21,7 +21,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from patchctl.errors import RefError
-from patchctl.schemas.manifest import check_patch_name
+from patchctl.schemas._names import check_patch_name
 
 __all__ = ["BaseRef", "HubRef", "PatchRef", "PathRef", "RemoteRef", "parse_base_ref", "parse_patch_ref"]
 

@@ -6,6 +6,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "catalog" / "bench_catalog.py"
 
 
@@ -54,3 +56,16 @@ def test_seeded_catalog_answers_like_the_store_says(tmp_path: Path) -> None:
         assert cat.get_version("bench/p00000", "0.1.0").manifest.name == "bench/p00000"
     finally:
         cat.close()
+
+
+@pytest.mark.slow
+def test_small_benchmark_times_the_cli(tmp_path: Path) -> None:
+    """The CLI part: every command row runs (a fresh process each) and reports its times."""
+    bench = _load()
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    data = bench.main(["--small", "--db", url, "--cli-runs", "1", "--json", str(tmp_path / "out.json")])  # type: ignore[attr-defined]
+    cli = data["cli_s"]
+    assert {"--help (start-up floor)", "list", "show", "resolve --onto", "lineage"} <= set(cli)
+    assert any(k.startswith("search") for k in cli)
+    assert all(0 < median <= worst and cpu > 0 for median, worst, cpu in cli.values())
+    assert data["load_average"]["before_cli"] and "commit" in data

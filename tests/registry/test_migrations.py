@@ -7,11 +7,19 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import make_url
 
 from patchctl.errors import CatalogError, StaleSchemaError
-from patchctl.registry.db import check_schema, head_revision, make_engine, schema_state, upgrade, upgrade_command
+from patchctl.registry.db import (
+    HEAD_REVISION,
+    check_schema,
+    head_revision,
+    make_engine,
+    schema_state,
+    upgrade,
+    upgrade_command,
+)
 from patchctl.registry.models import Base
 from patchctl.registry.store import open_catalog
 from patchctl.settings import Settings
@@ -141,3 +149,23 @@ def test_tables_without_revision_are_not_a_catalog(db_url: str) -> None:
 def test_upgrade_command_redacts_password() -> None:
     cmd = upgrade_command("postgresql+psycopg://ci:hunter2@db.example:5432/patchctl")
     assert cmd == "patchctl --db 'postgresql+psycopg://ci:***@db.example:5432/patchctl' db upgrade"
+
+
+def test_head_revision_constant_is_the_newest_migration() -> None:
+    # opening a catalog compares alembic_version with this constant instead of reading the
+    # migration scripts: a new migration must bump it
+    assert head_revision() == HEAD_REVISION
+
+
+def test_an_up_to_date_catalog_is_checked_with_one_query(db_url: str) -> None:
+    engine = make_engine(_with_password(db_url))
+    try:
+        upgrade(engine)
+        statements: list[str] = []
+        event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+        state = check_schema(engine, auto_create=False)
+        # (SQLite's BEGIN DEFERRED aside)
+        assert [s for s in statements if not s.startswith("BEGIN")] == ["SELECT version_num FROM alembic_version"]
+        assert state == schema_state(engine) and state.up_to_date and "s3cr3t-pw" not in state.url
+    finally:
+        engine.dispose()
