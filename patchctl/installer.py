@@ -338,10 +338,6 @@ def _download_checked_base(target: TargetBase, *, progress: bool) -> Path:
     return base_dir
 
 
-def _dtype_plan_cache(settings: Settings) -> Path:
-    return settings.dtype_plan_cache_dir
-
-
 def _import_merge_engine_in_background(base_dir: Path | None = None, cache_dir: Path | None = None) -> None:
     """Start importing the merge engine (torch: about a second) on another thread, and then
     building the dtype plan of a local base (transformers' modeling code: seconds, cached), so
@@ -414,8 +410,11 @@ def install(
             # fail before fingerprinting the base (minutes for a large one); the engine checks again
             raise ConflictError(f"{out} already exists", hint="pass --overwrite to replace it")
     if format == "merged" and not dry_run:
-        local = onto if "://" not in onto and Path(onto).expanduser().is_dir() else None
-        _import_merge_engine_in_background(Path(local).expanduser() if local else None, _dtype_plan_cache(settings))
+        base_ref = parse_base_ref(onto)
+        _import_merge_engine_in_background(
+            base_ref.path if isinstance(base_ref, PathRef) and base_ref.path.is_dir() else None,
+            settings.dtype_plan_cache_dir,
+        )
     target = _target_base(settings, onto, progress=progress)
     patch, decision = _resolve_for_target(settings, patch, target)
     source = _patch_source(settings, patch, progress=progress)
@@ -444,7 +443,7 @@ def install(
         "base_source": target.facts.source,
         "base_revision": target.facts.revision,
     }
-    plan_cache = _dtype_plan_cache(settings)
+    plan_cache = settings.dtype_plan_cache_dir
     plan = (
         plan_merge(layout, target.local_dir, cache_dir=plan_cache) if format == "merged" and target.local_dir else None
     )

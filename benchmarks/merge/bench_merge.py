@@ -261,9 +261,14 @@ def cp_cmd(base: Path, out: Path) -> list[str]:
 _TIME_RSS = re.compile(r"Maximum resident set size \(kbytes\): (\d+)")
 
 
+def child_env() -> dict[str, str]:
+    """This environment with the checkout first on PYTHONPATH (the commands run this tree's patchctl)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+
+
 def measure(cmd: list[str], env_extra: dict[str, str] | None = None) -> dict[str, float]:
     """Wall seconds and peak RSS (MiB) of one subprocess: /usr/bin/time -v when present, else getrusage."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    env = child_env()
     env.update(env_extra or {})
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
@@ -318,7 +323,7 @@ def register_base(base: Path, out: Path) -> None:
     into the home the engine command for ``out`` uses, so the install finds the base's fingerprint
     in the home's hash cache instead of reading the base once more."""
     home = out.parent / f"{out.name}-home"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    env = child_env()
     subprocess.run(
         [sys.executable, "-m", "patchctl", "--home", str(home), "base", "add", str(base), "--json"],
         env=env,

@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,19 +108,14 @@ def continued_pretraining(
         )
     elif kind != "full":
         raise ValueError(f"kind {kind!r}: expected 'full' or 'lora'")
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    t0, losses = time.perf_counter(), []
-    for chunk in _batches(texts, batch, steps, seed):
-        enc = tok(chunk, return_tensors="pt", padding=True, truncation=True, max_length=seq_len)
-        labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
-        loss = model(**enc, labels=labels).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
-    model.eval()
+
+    def batches() -> Iterator[tuple[Any, Any]]:
+        for chunk in _batches(texts, batch, steps, seed):
+            enc = tok(chunk, return_tensors="pt", padding=True, truncation=True, max_length=seq_len)
+            yield enc, enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
+
+    t0 = time.perf_counter()
+    losses = _train(model, batches(), lr)
     if kind == "lora":
         model = model.merge_and_unload()
     meta = {
@@ -138,6 +133,24 @@ def continued_pretraining(
         "seconds": round(time.perf_counter() - t0, 1),
     }
     return _save_atomic(model, base, out, meta)
+
+
+def _train(model: Any, batches: Iterable[tuple[Any, Any]], lr: float) -> list[float]:
+    """AdamW (no weight decay) over the trainable parameters, one step per (inputs, labels) batch;
+    the model is left in eval mode. Returns the loss of each step."""
+    import torch
+
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    losses = []
+    for enc, labels in batches:
+        loss = model(**enc, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+    model.eval()
+    return losses
 
 
 def _answer_batch(tok: Any, docs: list[dict[str, Any]]) -> tuple[Any, Any]:
@@ -185,17 +198,8 @@ def finetune_lora(
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, config)
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    t0, losses = time.perf_counter(), []
-    for chunk in _batches(docs, batch, steps, seed):
-        enc, labels = _answer_batch(tok, chunk)
-        loss = model(**enc, labels=labels).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
-    model.eval()
+    t0 = time.perf_counter()
+    losses = _train(model, (_answer_batch(tok, chunk) for chunk in _batches(docs, batch, steps, seed)), lr)
     meta = {
         "what": "LoRA fine-tuning",
         "base": str(base),

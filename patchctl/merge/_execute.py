@@ -110,20 +110,25 @@ class _Piece:
     tiles: tuple[tuple[int, int], ...] = ()
 
 
-def _delta_param(a: Action, tensors: _AdapterTensors) -> torch.Tensor:
+def _delta_param(
+    a: Action, lora_a: torch.Tensor, lora_b: torch.Tensor, rows: tuple[int, int] | None = None
+) -> torch.Tensor:
     """PEFT's ParamWrapper.get_delta_weight (fp32 adapter weights) where this base tensor lies:
     ``einsum("o r e, e r i -> e o i")`` (``e i o`` for (experts, in, out) parameters) times s, or
     Linear's ``(B @ A) * s`` for a 2-D parameter; for a per-expert checkpoint tensor, that expert's
-    rows. (PEFT then casts it to the parameter's dtype and adds: two roundings in half precision.)"""
+    rows. (PEFT then casts it to the parameter's dtype and adds: two roundings in half precision.)
+    ``rows``: only rows ``[r0, r1)`` of a blockable tensor (:func:`_param_blockable`): those experts
+    of a fused experts tensor, those rows of a 2-D parameter's product."""
     assert a.pair is not None and a.piece is not None
     p, piece = a.pair, a.piece
-    lora_a, lora_b = tensors.get(p.a_key).float(), tensors.get(p.b_key).float()
     if p.num_experts == 1:
-        return (lora_b @ lora_a) * p.scaling
+        return ((lora_b if rows is None else lora_b[rows[0] : rows[1]]) @ lora_a) * p.scaling
     weight_a = lora_a.reshape(p.num_experts, -1, lora_a.shape[-1])
     weight_b = lora_b.reshape(lora_b.shape[0], -1, p.num_experts)
     equation = "o r e, e r i -> e i o" if a.transpose else "o r e, e r i -> e o i"
     if piece.expert is None:
+        if rows is not None:
+            weight_b, weight_a = weight_b[:, :, rows[0] : rows[1]], weight_a[rows[0] : rows[1]]
         return torch.einsum(equation, weight_b, weight_a) * p.scaling
     e = piece.expert
     delta = torch.einsum(equation, weight_b[:, :, e : e + 1], weight_a[e : e + 1]) * p.scaling
@@ -191,12 +196,12 @@ class _Deltas:
                 # or a probe that differs) the delta of the whole tensor, sliced per block
                 if (b0, b1) != (0, rows) and t.name not in self.whole and _param_blockable(t, a):
                     if self._param_probed(t, a):
-                        adds.append((self._param_rows(t, a, b0, b1), True))
+                        adds.append((_delta_param(a, *self._ab(t, a), rows=(b0, b1)), True))
                         continue
                     self.whole.append(t.name)
                     log.warning("%s: expert blocks differ from the whole product on this BLAS; merged whole", t.name)
                 if self._param is None or self._param[0] != t.name:
-                    self._param = (t.name, _delta_param(a, self.tensors))
+                    self._param = (t.name, _delta_param(a, *self._ab(t, a)))
                 adds.append((self._param[1][b0:b1] if t.shape else self._param[1], True))
             elif a.kind == "lora":
                 assert a.pair is not None
@@ -217,19 +222,6 @@ class _Deltas:
                 adds.append((delta, embedding))
         return adds
 
-    def _param_rows(self, t: TensorPlan, a: Action, b0: int, b1: int) -> torch.Tensor:
-        """Rows ``[b0, b1)`` of :func:`_delta_param` for a blockable tensor (:func:`_param_blockable`):
-        experts ``b0..b1`` of a fused experts tensor, or rows of a 2-D parameter's ``B @ A``."""
-        assert a.pair is not None
-        p = a.pair
-        lora_a, lora_b = self._ab(t, a)
-        if p.num_experts == 1:
-            return (lora_b[b0:b1] @ lora_a) * p.scaling
-        weight_a = lora_a.reshape(p.num_experts, -1, lora_a.shape[-1])
-        weight_b = lora_b.reshape(lora_b.shape[0], -1, p.num_experts)
-        equation = "o r e, e r i -> e i o" if a.transpose else "o r e, e r i -> e o i"
-        return torch.einsum(equation, weight_b[:, :, b0:b1], weight_a[b0:b1]) * p.scaling
-
     def _param_probed(self, t: TensorPlan, a: Action) -> bool:
         """Whether the blocks give the whole delta's bits: the first block and the last block's
         height, computed as two blocks, against the same rows computed at once."""
@@ -237,10 +229,12 @@ class _Deltas:
         first, last = ranges[0][1] - ranges[0][0], ranges[-1][1] - ranges[-1][0]
         sig = ("param", t.name, first, last)
         if sig not in self.probes:
+            lora_a, lora_b = self._ab(t, a)
             n = min(t.shape[0], first + last)
-            whole = self._param_rows(t, a, 0, n)
-            self.probes[sig] = torch.equal(self._param_rows(t, a, 0, min(first, n)), whole[: min(first, n)]) and (
-                n <= first or torch.equal(self._param_rows(t, a, first, n), whole[first:n])
+            head = min(first, n)
+            whole = _delta_param(a, lora_a, lora_b, rows=(0, n))
+            self.probes[sig] = torch.equal(_delta_param(a, lora_a, lora_b, rows=(0, head)), whole[:head]) and (
+                n <= first or torch.equal(_delta_param(a, lora_a, lora_b, rows=(first, n)), whole[first:n])
             )
         return self.probes[sig]
 
@@ -271,14 +265,16 @@ class _Deltas:
         first = tiles[0][1] - tiles[0][0]
         if heights == [rows]:  # one tile: the whole product itself
             return True
-        ok = True
         for h in heights:
             sig = (transpose, tuple(lora_a.shape), tuple(lora_b.shape), first, h)
             if sig not in self.probes:
-                ranges = [(0, min(first, rows - h)), (min(first, rows - h), min(first, rows - h) + h)]
-                self.probes[sig] = probe(lora_a, lora_b, transpose=transpose, ranges=ranges, out=self.buffer)
-            ok = ok and self.probes[sig]
-        return ok
+                head = min(first, rows - h)
+                self.probes[sig] = probe(
+                    lora_a, lora_b, transpose=transpose, ranges=[(0, head), (head, head + h)], out=self.buffer
+                )
+            if not self.probes[sig]:
+                return False
+        return True
 
 
 def _source(t: TensorPlan, shard: ShardPlan, src_fd: int, src_data: int, tensors: _AdapterTensors) -> _Source:
@@ -464,7 +460,7 @@ class _Run:
         yield Call(finish)
 
 
-def _max_block_elems(plan: MergePlan, blocking: Blocking) -> int:
+def _max_tile_elems(plan: MergePlan, blocking: Blocking) -> int:
     """Elements of the largest delta tile (the reused buffer's size)."""
     most = 0
     for shard in plan.shards:
@@ -478,7 +474,7 @@ def _max_block_elems(plan: MergePlan, blocking: Blocking) -> int:
 
 def _merge_shards(run: _Run, delay: float) -> list[str]:
     """Run the pipeline over every shard; returns the tensors whose delta had to be computed whole."""
-    deltas = _Deltas(run.tensors, run.blocking, torch.empty(_max_block_elems(run.plan, run.blocking)))
+    deltas = _Deltas(run.tensors, run.blocking, torch.empty(_max_tile_elems(run.plan, run.blocking)))
     pipe = Pipeline(
         buffers=PIPELINE_BUFFERS,
         buffer_bytes=run.chunk_bytes,

@@ -159,10 +159,10 @@ def test_expert_deltas_in_blocks_of_experts_equal_peft(
     blocking = Blocking(max_memory=3 * max(smallest, 1), reserved=0, overhead=0, floor=0, min_block=2)
     if kind == "gptoss":  # fused (experts, in, out) tensors: cut into blocks of one expert
         assert all(len(blocking.ranges(t)) == t.shape[0] for t in fused if len(t.shape) == 3)
-    calls: list[tuple[int, int]] = []
-    real = _execute._Deltas._param_rows
+    calls: list[tuple[int, int] | None] = []
+    real = _execute._delta_param
     monkeypatch.setattr(
-        _execute._Deltas, "_param_rows", lambda self, t, a, b0, b1: calls.append((b0, b1)) or real(self, t, a, b0, b1)
+        _execute, "_delta_param", lambda a, la, lb, rows=None: calls.append(rows) or real(a, la, lb, rows)
     )
     result = execute_merge(plan, tmp_path / "out", provenance={}, blocking=blocking)
     assert result.merged_whole == ()

@@ -747,13 +747,7 @@ def test_hub_fault_mid_download_then_retry(published: Side, mode: str, status: i
     r = cli(home, "pull", published.pull_url + "@1.0.0")
     assert r.code == 8, (r.code, r.stderr)
     assert "Traceback" not in r.stderr and len([x for x in r.stderr.splitlines() if x.startswith("error:")]) == 1
-    assert n_versions(home) == 0
-    assert_store_valid(home)
-    assert cli(home, "verify").code == 0
-    published.hub.faults.clear()
-    r = cli(home, "pull", published.pull_url + "@1.0.0")
-    assert r.code == 0, r.stderr
-    assert n_versions(home) == 1 and cli(home, "verify").code == 0
+    _nothing_recorded_then_retry(published, home)
 
 
 @pytest.fixture
@@ -766,6 +760,19 @@ def short_hub_timeouts(monkeypatch: pytest.MonkeyPatch) -> float:
         monkeypatch.setenv(var, "1")
         monkeypatch.setattr(constants, var, 1)
     return 1.0
+
+
+def _nothing_recorded_then_retry(published: Side, home: Path) -> None:
+    """After a failed pull: no version recorded, the store valid (`patchctl verify` passes); once the
+    Hub's faults are cleared the same pull succeeds."""
+    assert published.hub is not None
+    assert n_versions(home) == 0
+    assert_store_valid(home)
+    assert cli(home, "verify").code == 0
+    published.hub.faults.clear()
+    r = cli(home, "pull", published.pull_url + "@1.0.0")
+    assert r.code == 0, r.stderr
+    assert n_versions(home) == 1 and cli(home, "verify").code == 0
 
 
 def _one_error_line(r: CliResult) -> str:
@@ -789,13 +796,7 @@ def test_hub_stall_mid_pull_then_retry(published: Side, path: str, short_hub_tim
     assert r.code == 8, (r.code, r.stderr)
     line = _one_error_line(r)
     assert "timed out" in line and published.hub.url in line, line
-    assert n_versions(home) == 0
-    assert_store_valid(home)
-    assert cli(home, "verify").code == 0
-    published.hub.faults.clear()
-    r = cli(home, "pull", published.pull_url + "@1.0.0")
-    assert r.code == 0, r.stderr
-    assert n_versions(home) == 1 and cli(home, "verify").code == 0
+    _nothing_recorded_then_retry(published, home)
 
 
 @pytest.mark.slow
