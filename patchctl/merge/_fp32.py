@@ -22,9 +22,7 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -105,12 +103,10 @@ def _read_cached(path: Path) -> Plan | None:
 
 def _write_cached(path: Path, patterns: tuple[str, ...]) -> None:
     """Atomically (a concurrent install reads a whole file or none); a failure only costs time."""
+    from patchctl._fs import atomic_write_text
+
     with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"patterns": list(patterns)}, f)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps({"patterns": list(patterns)}))
 
 
 def warm(base_dir: Path, cache_dir: Path | None = None) -> None:
