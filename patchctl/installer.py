@@ -338,7 +338,7 @@ def _download_checked_base(target: TargetBase, *, progress: bool) -> Path:
     return base_dir
 
 
-def _import_merge_engine_in_background(base_dir: Path | None = None, cache_dir: Path | None = None) -> None:
+def _prepare_merge_in_background(base_dir: Path | None = None, cache_dir: Path | None = None) -> None:
     """Start importing the merge engine (torch: about a second) on another thread, and then
     building the dtype plan of a local base (transformers' modeling code: seconds, cached), so
     that both overlap with fingerprinting the base (hashlib releases the GIL). The later import
@@ -411,7 +411,7 @@ def install(
             raise ConflictError(f"{out} already exists", hint="pass --overwrite to replace it")
     if format == "merged" and not dry_run:
         base_ref = parse_base_ref(onto)
-        _import_merge_engine_in_background(
+        _prepare_merge_in_background(
             base_ref.path if isinstance(base_ref, PathRef) and base_ref.path.is_dir() else None,
             settings.dtype_plan_cache_dir,
         )
