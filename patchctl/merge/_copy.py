@@ -18,7 +18,7 @@ def pread_exact(fd: int, n: int, offset: int, into: bytearray | None = None) -> 
     view = memoryview(buf)
     done = 0
     while done < n:
-        got = os.preadv(fd, [view[done:]], offset + done)
+        got = os.preadv(fd, [view[done:n]], offset + done)  # n bytes, not the whole reused buffer
         if got == 0:
             raise OSError(f"unexpected end of file reading {n} bytes at {offset}")
         done += got

@@ -13,7 +13,6 @@ on the writer thread), so that its sha256 needs no second read.
 from __future__ import annotations
 
 import hashlib
-import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -50,14 +49,10 @@ class StreamHash:
         if self._buf is None:
             self._buf = bytearray(1 << 20)
         view = memoryview(self._buf)
-        done = 0
-        while done < length:
-            n = os.preadv(src, [view[: min(len(view), length - done)]], src_off + done)
-            if n <= 0:
-                self._ok = False
-                return
+        for done in range(0, length, len(view)):
+            n = min(len(view), length - done)
+            pread_exact(src, n, src_off + done, self._buf)  # into the buffer: it is long enough
             self._h.update(view[:n])
-            done += n
         self._next += length
 
     def hexdigest(self, size: int) -> str | None:
