@@ -1,27 +1,35 @@
-"""Read ahead, compute, write behind: three threads and a bounded pool of buffers (no torch).
+"""Read ahead, compute, write behind: threads and a bounded pool of buffers (no torch).
 
 The reader runs a generator of jobs (it opens the files, so waiting for a download happens on
-its thread), reads each :class:`Read` into a buffer taken from the pool and hands it on; the
-caller's thread computes (torch releases the GIL) and hands :class:`Write` and :class:`Copy` jobs
-to the writer, which writes at absolute offsets (``pwrite``, ``copy_file_range``) and returns
-the buffers to the pool. The pool bounds the memory in flight: ``buffers × buffer_bytes``.
-Positional writes make the output independent of the threads' timing: the bytes are those of
-the sequential path. A file written front to back is hashed as it is written (:class:`StreamHash`,
-on the writer thread), so that its sha256 needs no second read.
+its thread) and reads each :class:`Read` into a buffer taken from the pool. The caller's thread
+takes them in order and calls ``step(job, buffer)``, which prepares the work (anything that
+must happen in order) and returns the computation; that runs on one of ``workers`` compute
+threads (torch releases the GIL), several pieces at once. Their :class:`Write` jobs, and the
+:class:`Copy` and :class:`Call` jobs between them, reach the writer in job order; it writes at
+absolute offsets (``pwrite``, ``copy_file_range``) and hands each job on to the hasher thread,
+which hashes what was written (:class:`StreamHash`: a file written front to back needs no second
+read for its sha256; hence the writes in order) and returns the buffers to the pool. The pool
+bounds the memory in flight: ``buffers × buffer_bytes``. Positional writes make the output
+independent of the threads' timing: the bytes are those of the sequential path.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import mmap
+import os
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from patchctl.merge._copy import copy_range, pread_exact, pwrite_all
+from patchctl.merge._copy import WriteBehind, copy_range, drop_cache, pread_exact, pwrite_all
 
-__all__ = ["Copy", "Pipeline", "Read", "StreamHash", "Write"]
+__all__ = ["Call", "Copy", "Pipeline", "Read", "Step", "StreamHash", "Write"]
 
 
 class StreamHash:
@@ -62,12 +70,15 @@ class StreamHash:
 
 @dataclass(frozen=True)
 class Read:
-    """Read ``nbytes`` at ``offset`` of ``fd`` into a pooled buffer; ``payload`` goes along."""
+    """Read ``nbytes`` at ``offset`` of ``fd`` into a pooled buffer; ``payload`` goes along.
+    ``direct_fd``: the same file opened with ``O_DIRECT``, read instead where it works (the
+    bytes go from the disk to the buffer: no copy, no page cache; see :class:`Pipeline`)."""
 
     fd: int
     offset: int
     nbytes: int
     payload: Any = None
+    direct_fd: int | None = None
 
 
 @dataclass(frozen=True)
@@ -90,14 +101,28 @@ class Write:
     offset: int
     data: Any
     tensors: int = 0
-    release: bytearray | None = None
+    release: memoryview | None = None
 
 
 @dataclass(frozen=True)
 class Call:
-    """Run ``fn`` on the writer thread once every job before it is written (e.g. close a file)."""
+    """Run ``fn`` on the hasher thread once every job before it is written and hashed (e.g. close a file)."""
 
     fn: Callable[[], None]
+
+
+#: ``step(read, data)``, called in job order on the caller's thread with the bytes read (a view
+#: of a pooled buffer: :meth:`Pipeline.release` it, or pass it as :attr:`Write.release`):
+#: prepares the work and returns the computation (run on a compute thread), giving the :class:`Write`
+Step = Callable[[Read, memoryview], Callable[[], Write]]
+
+#: O_DIRECT reads: offsets, lengths and buffer addresses in multiples of this
+ALIGN = 4096
+
+
+def _aligned_buffer(n: int) -> mmap.mmap:
+    """``n`` bytes of page-aligned anonymous memory (an O_DIRECT read needs an aligned address)."""
+    return mmap.mmap(-1, max(n, 1))
 
 
 _DONE = object()
@@ -111,7 +136,7 @@ class _Stopped(Exception):
 class Pipeline:
     """``for job, buf in pipe.run(jobs): ...; pipe.put(Write(...))``; see the module doc.
 
-    ``advance(tensors, nbytes)`` is called on the writer thread after each write or copy."""
+    ``advance(tensors, nbytes)`` is called on the hasher thread after each write or copy."""
 
     def __init__(
         self,
@@ -122,21 +147,31 @@ class Pipeline:
         threads: bool = True,
         stop: threading.Event | None = None,
         hashes: dict[int, StreamHash] | None = None,
+        behind: dict[int, WriteBehind] | None = None,
+        drop_reads: bool = False,
     ) -> None:
         #: False: read, compute and write in turn on the caller's thread (the reference for tests)
         self.threads = threads
-        self._pool: queue.Queue[bytearray] = queue.Queue()
+        #: a read of ``buffer_bytes`` fits with its O_DIRECT alignment on either side
+        self._buffer_bytes = buffer_bytes + 2 * ALIGN
+        self._pool: queue.Queue[mmap.mmap] = queue.Queue()
         for _ in range(buffers):
-            self._pool.put(bytearray(buffer_bytes))
-        self._buffer_bytes = buffer_bytes
+            self._pool.put(_aligned_buffer(self._buffer_bytes))
+        #: set when an O_DIRECT read was refused (EINVAL): the buffered descriptors from then on
+        self._no_direct = False
         self._ready: queue.Queue[Any] = queue.Queue(maxsize=buffers)
         self._writes: queue.Queue[Any] = queue.Queue(maxsize=buffers + 2)
+        self._hashing: queue.Queue[Any] = queue.Queue(maxsize=buffers + 2)
         self._advance = advance
         #: set when any thread fails or the caller stops iterating (shared with the job generator)
         self._stop = stop if stop is not None else threading.Event()
         self._errors: list[BaseException] = []
         #: output fd -> its hash as written (registered before the fd's first job, see StreamHash)
         self._hashes = hashes if hashes is not None else {}
+        #: output fd -> its write-behind (registered with its hash, see WriteBehind)
+        self._behind = behind if behind is not None else {}
+        #: drop what is read from the page cache once read (a base larger than the cache)
+        self._drop_reads = drop_reads
 
     # ---- plumbing that gives up when another thread failed ------------------------------------
     def _put(self, q: queue.Queue[Any], item: Any) -> None:
@@ -172,28 +207,56 @@ class Pipeline:
         try:
             for job in jobs:
                 if isinstance(job, Read):
-                    buf = self._get(self._pool)
-                    if job.nbytes > len(buf):  # a row larger than a buffer: a one-off buffer
-                        self._pool.put(buf)
-                        buf = bytearray(job.nbytes)
-                    pread_exact(job.fd, job.nbytes, job.offset, buf)
-                    self._put(self._ready, (job, buf))
+                    self._put(self._ready, (job, self._fill(job, self._get(self._pool))))
                 else:
                     self._put(self._ready, (job, None))
             self._put(self._ready, _DONE)
         except BaseException as exc:
             self._fail(exc)
 
+    def _fill(self, job: Read, buf: mmap.mmap) -> memoryview:
+        """Read ``job`` into ``buf`` (a pooled buffer; a one-off one when the job is larger)."""
+        if job.nbytes + 2 * ALIGN > len(buf):  # a row larger than a buffer: a one-off buffer
+            self._pool.put(buf)
+            buf = _aligned_buffer(job.nbytes + 2 * ALIGN)
+        view = memoryview(buf)
+        if job.direct_fd is not None and not self._no_direct:
+            start = job.offset - job.offset % ALIGN
+            end = -(-(job.offset + job.nbytes) // ALIGN) * ALIGN
+            try:
+                _pread_direct(job.direct_fd, view[: end - start], start, job.offset + job.nbytes - start)
+                return view[job.offset - start : job.offset - start + job.nbytes]
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._no_direct = True  # this filesystem or device refuses these reads
+        pread_exact(job.fd, job.nbytes, job.offset, view)
+        if self._drop_reads:
+            drop_cache(job.fd, job.offset, job.nbytes)
+        return view[: job.nbytes]
+
     def _write(self, job: Write | Copy | Call) -> None:
+        """The I/O of a job (writer thread); :meth:`_after` does the rest."""
         if isinstance(job, Write):
             view = memoryview(job.data).cast("B")
             pwrite_all(job.fd, view, job.offset)
+            if (wb := self._behind.get(job.fd)) is not None:
+                wb.wrote(job.offset, len(view))
+        elif isinstance(job, Copy):
+            copy_range(job.src, job.dst, job.length, job.src_off, job.dst_off)
+            if (wb := self._behind.get(job.dst)) is not None:
+                wb.wrote(job.dst_off, job.length)
+
+    def _after(self, job: Write | Copy | Call) -> None:
+        """Once a job is written (hasher thread, in job order): hash what it wrote, give its buffer
+        back, count it; a :class:`Call` runs here, after every job before it is written and hashed."""
+        if isinstance(job, Write):
+            view = memoryview(job.data).cast("B")
             if (h := self._hashes.get(job.fd)) is not None:
                 h.wrote(job.offset, view)
             self.release(job.release)
             self._advance(job.tensors, len(view))
         elif isinstance(job, Copy):
-            copy_range(job.src, job.dst, job.length, job.src_off, job.dst_off)
             if (h := self._hashes.get(job.dst)) is not None:
                 h.copied(job.src, job.src_off, job.dst_off, job.length)
             self._advance(job.tensors, job.length)
@@ -204,47 +267,46 @@ class Pipeline:
         try:
             while True:
                 job = self._get(self._writes)
+                if job is not _DONE:
+                    self._write(job)
+                self._put(self._hashing, job)
                 if job is _DONE:
                     return
-                self._write(job)
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _hasher(self) -> None:
+        try:
+            while (job := self._get(self._hashing)) is not _DONE:
+                self._after(job)
         except BaseException as exc:
             self._fail(exc)
 
     # ---- the caller's side --------------------------------------------------------------------
-    def release(self, buf: bytearray | None) -> None:
-        """Give a buffer back to the pool (one-off buffers are dropped)."""
-        if buf is not None and len(buf) == self._buffer_bytes:
+    def release(self, data: memoryview | None) -> None:
+        """Give the buffer under ``data`` back to the pool (one-off buffers are dropped); any thread may call it."""
+        if data is not None and isinstance(buf := data.obj, mmap.mmap) and len(buf) == self._buffer_bytes:
             self._pool.put(buf)
 
-    def put(self, job: Write | Copy | Call) -> None:
-        if not self.threads:
-            self._write(job)
-            return
-        try:
-            self._put(self._writes, job)
-        except _Stopped:
-            self._raise()
-            raise
-
-    def run(self, jobs: Iterable[Read | Copy | Call]) -> Iterator[tuple[Read, bytearray]]:
-        """Yield each :class:`Read` with its filled buffer, in order; :class:`Copy` and :class:`Call`
-        jobs pass straight to the writer. Returns when every job has been written; re-raises the
-        first error of any thread (and stops the others)."""
+    def run(self, jobs: Iterable[Read | Copy | Call], step: Step, *, workers: int = 1) -> None:
+        """Run every job (see the module doc): each :class:`Read`'s computation on one of
+        ``workers`` threads (1: on this thread), every write in job order. Returns when all is
+        written; re-raises the first error of any thread (and stops the others)."""
         if not self.threads:
             for job in jobs:
-                if isinstance(job, Read):
-                    buf = self._pool.get_nowait()
-                    if job.nbytes > len(buf):
-                        self._pool.put(buf)
-                        buf = bytearray(job.nbytes)
-                    yield job, pread_exact(job.fd, job.nbytes, job.offset, buf)
-                else:
-                    self._write(job)
+                done = step(job, self._fill(job, self._pool.get_nowait()))() if isinstance(job, Read) else job
+                self._write(done)
+                self._after(done)
             return
         reader = threading.Thread(target=self._reader, args=(jobs,), name="patchctl-read", daemon=True)
         writer = threading.Thread(target=self._writer, name="patchctl-write", daemon=True)
-        reader.start()
-        writer.start()
+        hasher = threading.Thread(target=self._hasher, name="patchctl-hash", daemon=True)
+        compute = ThreadPoolExecutor(workers, thread_name_prefix="patchctl-compute") if workers > 1 else None
+        #: jobs handed on in order: computations in flight, and the copies and calls between them
+        pending: deque[Future[Write] | Copy | Call] = deque()
+        threads = (reader, writer, hasher)
+        for thread in threads:
+            thread.start()
         finished = False
         try:
             while True:
@@ -253,17 +315,56 @@ class Pipeline:
                     break
                 job, buf = item
                 if buf is None:
-                    self._put(self._writes, job)
+                    pending.append(job)
+                elif compute is None:
+                    pending.append(_now(step(job, buf)))
                 else:
-                    yield job, buf
+                    pending.append(compute.submit(step(job, buf)))
+                # hand on what is ready; wait for the oldest once `workers` computations are queued
+                while pending and (
+                    len(pending) > 2 * workers or not isinstance(pending[0], Future) or pending[0].done()
+                ):
+                    self._hand_on(pending.popleft())
+            while pending:
+                self._hand_on(pending.popleft())
             self._put(self._writes, _DONE)
-            writer.join()
+            hasher.join()
             finished = True
         except _Stopped:
             pass
         finally:
-            if not finished:  # an error here or in a thread, or the caller stopped iterating
+            if not finished:  # an error here or in a thread
                 self._stop.set()
-            writer.join()
-            reader.join()
+            if compute is not None:
+                compute.shutdown(wait=True, cancel_futures=True)
+            for thread in threads:
+                thread.join()
         self._raise()
+
+    def _hand_on(self, item: Future[Write] | Copy | Call) -> None:
+        self._put(self._writes, item.result() if isinstance(item, Future) else item)
+
+
+def _pread_direct(fd: int, view: memoryview, offset: int, need: int) -> None:
+    """An O_DIRECT read of ``view`` (aligned) at ``offset`` (aligned); its first ``need`` bytes
+    must be there (the aligned end may lie past the end of the file)."""
+    done = 0
+    while done < need:
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got == 0:
+            break
+        done += got
+        if done % ALIGN:  # the end of the file
+            break
+    if done < need:
+        raise OSError(f"unexpected end of file reading {need} bytes at {offset}")
+
+
+def _now(fn: Callable[[], Write]) -> Future[Write]:
+    """``fn()`` run here, as a finished future (its error raised when the result is taken)."""
+    fut: Future[Write] = Future()
+    try:
+        fut.set_result(fn())
+    except BaseException as exc:
+        fut.set_exception(exc)
+    return fut

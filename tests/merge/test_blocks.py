@@ -132,14 +132,19 @@ def test_overlapped_io_writes_the_bytes_of_the_sequential_path(
     for i, (base, adapter) in enumerate(cases):
         plan = plan_merge(read_adapter(adapter), base)
         a = execute_merge(plan, tmp_path / f"seq{i}", provenance={}, blocking=PICO_BLOCKS, overlap=False)
-        b = execute_merge(plan, tmp_path / f"par{i}", provenance={}, blocking=PICO_BLOCKS)
-        files = sorted(p.name for p in a.out_dir.glob("*.safetensors"))
-        assert files and files == sorted(p.name for p in b.out_dir.glob("*.safetensors"))
-        for name in files:
-            assert (a.out_dir / name).read_bytes() == (b.out_dir / name).read_bytes(), name
-        assert [(f.path, f.sha256) for f in a.files if f.path != "patchctl.json"] == [
-            (f.path, f.sha256) for f in b.files if f.path != "patchctl.json"
-        ]
+        # one and several compute threads; reads through the page cache, and O_DIRECT reads with
+        # reads and writes dropped behind (what a base larger than a quarter of the RAM gets)
+        for j, (threads, stream) in enumerate([(None, False), (1, False), (3, True)]):
+            b = execute_merge(
+                plan, tmp_path / f"par{i}-{j}", provenance={}, blocking=PICO_BLOCKS, threads=threads, stream=stream
+            )
+            files = sorted(p.name for p in a.out_dir.glob("*.safetensors"))
+            assert files and files == sorted(p.name for p in b.out_dir.glob("*.safetensors"))
+            for name in files:
+                assert (a.out_dir / name).read_bytes() == (b.out_dir / name).read_bytes(), (name, threads, stream)
+            assert [(f.path, f.sha256) for f in a.files if f.path != "patchctl.json"] == [
+                (f.path, f.sha256) for f in b.files if f.path != "patchctl.json"
+            ]
 
 
 def test_error_in_the_pipeline_leaves_nothing(
