@@ -5,8 +5,10 @@ shard keeps the base's header order and data offsets, so runs of untouched tenso
 copy each. Touched tensors are read in chunks of rows with plain reads (no mmap, so the page
 cache does not show up as our RSS), merged exactly as PEFT's ``merge_and_unload`` does, and
 written in place. Reading, computing and writing overlap (``_pipeline``: a reader thread, this
-thread, a writer thread, a bounded pool of buffers); LoRA deltas are computed a block of rows at
-a time where the whole one would not fit the memory budget (``_blocks``, ``_delta``).
+thread preparing each piece in order, compute threads, a writer and a hasher thread, a bounded
+pool of buffers); LoRA deltas are computed a block of rows at a time where the whole one would
+not fit the memory budget (``_blocks``, ``_delta``). A base larger than a quarter of the RAM is
+read with ``O_DIRECT`` and its output dropped from the page cache behind the merge (:func:`streams`).
 
 PEFT semantics (``peft/tuners/lora/layer.py``, adapter weights loaded as fp32 by default):
 

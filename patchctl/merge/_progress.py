@@ -96,7 +96,7 @@ class RichMergeProgress:
         self._task = self._ensure().add_task(self._label(), total=total_bytes)
 
     def begin_shard(self, name: str, index: int, count: int) -> None:
-        """Called (on the writer thread) as the writes of shard ``index`` of ``count`` begin."""
+        """Called (on the hasher thread) as the writes of shard ``index`` of ``count`` begin."""
         self._shard = f"{name} ({index + 1}/{count})" if count > 1 else name
         if self._progress is not None:
             self._progress.update(self._task, description=self._label())
