@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from patchctl._fs import CHUNK, HashCache, atomic_write_text, sha256_file
+from patchctl._fs import CHUNK, HashCache, atomic_write_text, bypasses_page_cache, read_chunks, sha256_file
 from patchctl.errors import InvalidInputError, UnsupportedError
 from patchctl.schemas._common import check_safe_relpath
 from patchctl.schemas.base import BaseFacts, Family, FamilyDetails, TensorInfo, TokenizerFacts, WeightFile
@@ -219,9 +219,15 @@ def tensors_fingerprint(tensors: Mapping[str, TensorInfo], digests: Mapping[str,
 
 
 def hash_file_and_tensors(
-    path: Path, header: Mapping[str, Any], progress: Callable[[int], None] | None = None, *, chunk_size: int = CHUNK
+    path: Path,
+    header: Mapping[str, Any],
+    progress: Callable[[int], None] | None = None,
+    *,
+    chunk_size: int = CHUNK,
+    direct: bool = False,
 ) -> tuple[str, dict[str, str]]:
-    """One sequential read of a safetensors file: its sha256 and the sha256 of each tensor's bytes."""
+    """One sequential read of a safetensors file: its sha256 and the sha256 of each tensor's bytes
+    (``direct``: past the page cache, see :func:`~patchctl._fs.read_chunks`)."""
     with open(path, "rb") as f:
         data_start = 8 + header_length(f.read(8))
     spans = sorted(
@@ -232,23 +238,22 @@ def hash_file_and_tensors(
     whole = hashlib.sha256()
     per = {name: hashlib.sha256() for _, _, name in spans}
     pos, i = 0, 0
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            whole.update(chunk)
-            end = pos + len(chunk)
-            j = i
-            while j < len(spans) and spans[j][0] < end:
-                a, b, name = spans[j]
-                lo, hi = max(a, pos), min(b, end)
-                if hi > lo:
-                    per[name].update(chunk[lo - pos : hi - pos])
-                if b > end:
-                    break
-                j += 1
-            i = j
-            pos = end
-            if progress is not None:
-                progress(len(chunk))
+    for chunk in read_chunks(path, chunk_size, direct=direct):
+        whole.update(chunk)
+        end = pos + len(chunk)
+        j = i
+        while j < len(spans) and spans[j][0] < end:
+            a, b, name = spans[j]
+            lo, hi = max(a, pos), min(b, end)
+            if hi > lo:
+                per[name].update(chunk[lo - pos : hi - pos])  # a view: no copy
+            if b > end:
+                break
+            j += 1
+        i = j
+        pos = end
+        if progress is not None:
+            progress(len(chunk))
     return whole.hexdigest(), {name: h.hexdigest() for name, h in per.items()}
 
 
@@ -265,7 +270,7 @@ class _TensorHashCache:
         return self.root / key[:2] / f"{key}.json"
 
     def hashes(
-        self, path: Path, header: Mapping[str, Any], progress: Callable[[int], None] | None
+        self, path: Path, header: Mapping[str, Any], progress: Callable[[int], None] | None, *, direct: bool = False
     ) -> tuple[str, dict[str, str]]:
         st = os.stat(path)
         entry = self._entry(path, st)
@@ -276,7 +281,7 @@ class _TensorHashCache:
             return str(cached["sha256"]), {str(k): str(v) for k, v in cached["tensors"].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass
-        digest, tensors = hash_file_and_tensors(path, header, progress)
+        digest, tensors = hash_file_and_tensors(path, header, progress, direct=direct)
         if time.time() - st.st_mtime_ns / 1e9 > 2 and os.stat(path).st_mtime_ns == st.st_mtime_ns:
             with contextlib.suppress(OSError):
                 atomic_write_text(entry, json.dumps({"sha256": digest, "tensors": tensors}, sort_keys=True))
@@ -516,13 +521,15 @@ def read_local_base(
     config = read_config(base_dir)
     names = weight_file_names(base_dir)
     headers = {name: read_safetensors_header(base_dir / name) for name in names}
-    # shards are hashed in parallel: hashlib releases the GIL, so this uses every core
+    # shards are hashed in parallel: hashlib releases the GIL, so this uses every core; a base
+    # larger than a quarter of the RAM is read past the page cache (it would not stay there)
+    direct = bypasses_page_cache(sum((base_dir / name).stat().st_size for name in names))
 
     def hashes(name: str) -> tuple[str, dict[str, str]]:
         # the file's sha256 and each tensor's, in one read (or none, when remembered)
         if tensor_cache is not None:
-            return tensor_cache.hashes(base_dir / name, headers[name], progress)
-        return hash_file_and_tensors(base_dir / name, headers[name], progress)
+            return tensor_cache.hashes(base_dir / name, headers[name], progress, direct=direct)
+        return hash_file_and_tensors(base_dir / name, headers[name], progress, direct=direct)
 
     with ThreadPoolExecutor(max_workers=max(1, min(len(names), os.cpu_count() or 1, 8))) as pool:
         results = list(pool.map(hashes, names))

@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from patchctl._fs import bypasses_page_cache
 from patchctl.bases import INDEX_FILE, header_length, parse_safetensors_header, weights_fingerprint
 from patchctl.errors import InvalidInputError, UnsupportedError
 from patchctl.merge._blocks import Blocking, carries_lora, carries_param
@@ -569,16 +570,10 @@ def _max_tile_elems(plan: MergePlan, blocking: Blocking) -> int:
 
 
 def streams(total_bytes: int) -> bool:
-    """Whether a merge of ``total_bytes`` streams past the page cache: above a quarter of the RAM.
-    A cache filled with the output's dirty pages and the base's pages makes the kernel reclaim
-    pages for every read and write, which costs more CPU than the merge itself (measured: 16 GB
-    written through a full cache, 2 s of system time per GB; sent to disk and dropped behind,
-    0.3 s); a smaller model stays cached, as users reading it next expect."""
-    try:
-        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, AttributeError):
-        return False
-    return total_bytes > ram // 4
+    """Whether a merge of ``total_bytes`` streams past the page cache (:func:`bypasses_page_cache`:
+    above a quarter of the RAM). Measured here: 16 GB written through a full cache cost 2 s of
+    system time per GB; sent to disk and dropped behind, 0.3 s."""
+    return bypasses_page_cache(total_bytes)
 
 
 def compute_threads() -> int:
