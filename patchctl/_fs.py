@@ -43,39 +43,80 @@ def bypasses_page_cache(total_bytes: int) -> bool:
 
 
 def read_chunks(path: Path, chunk_size: int = CHUNK, *, direct: bool = False) -> Iterator[memoryview]:
-    """The bytes of ``path`` in order, ``chunk_size`` at a time, as views of one reused buffer
-    (each valid until the next is taken). ``direct``: read with ``O_DIRECT`` where the platform
-    and filesystem allow it (from the disk into the aligned buffer: no copy, no page cache),
+    """The bytes of ``path`` in order, ``chunk_size`` at a time, as views of reused buffers (each
+    valid until the next is taken). ``direct``: read with ``O_DIRECT`` where the platform and
+    filesystem allow it (from the disk into aligned buffers: no copy, no page cache; the next
+    chunk is read on another thread while this one is used, as the kernel's readahead would),
     else through the cache. ``chunk_size`` must then be a multiple of 4096."""
-    buf = mmap.mmap(-1, chunk_size)  # page-aligned, as O_DIRECT needs
-    view = memoryview(buf)
     fd = -1
     flag: int = getattr(os, "O_DIRECT", 0)
     if direct and flag and chunk_size % _DIRECT_ALIGN == 0:
         with contextlib.suppress(OSError):
             fd = os.open(path, os.O_RDONLY | flag)
-    direct = fd >= 0
-    if fd < 0:
-        fd = os.open(path, os.O_RDONLY)
-    try:
-        pos = 0
-        while True:
-            try:
-                n = os.preadv(fd, [view], pos)
-            except OSError as exc:
-                if not direct or exc.errno != errno.EINVAL:
-                    raise
-                os.close(fd)  # the filesystem opened it for O_DIRECT but refuses the reads
-                fd, direct = os.open(path, os.O_RDONLY), False
-                continue
-            if n == 0:
-                return
+    if fd >= 0:
+        yield from _direct_chunks(path, fd, chunk_size)
+        return
+    buf = bytearray(chunk_size)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
             yield view[:n]
-            pos += n
-            if direct and n < chunk_size:  # a short direct read: the end of the file
-                return
+
+
+def _direct_chunks(path: Path, fd: int, chunk_size: int) -> Iterator[memoryview]:
+    """:func:`read_chunks` through ``fd`` (opened with O_DIRECT; closed here). Three page-aligned
+    buffers and a queue of one: the reader fills the third while this thread uses the first and
+    the second waits, so a buffer is never refilled while in use. A filesystem that opened the
+    file for O_DIRECT but refuses the reads (EINVAL before any byte) is read through the cache."""
+    import queue
+    import threading
+
+    bufs = [mmap.mmap(-1, chunk_size) for _ in range(3)]  # page-aligned, as O_DIRECT needs
+    ready: queue.Queue[tuple[int, int] | BaseException | None] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(item: tuple[int, int] | BaseException | None) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def reader() -> None:
+        pos, i = 0, 0
+        try:
+            while True:
+                n = os.preadv(fd, [bufs[i % 3]], pos)
+                if n == 0 or not put((i % 3, n)):
+                    break
+                pos, i = pos + n, i + 1
+                if n < chunk_size:  # a short direct read: the end of the file
+                    break
+            put(None)
+        except BaseException as exc:
+            put(exc)
+
+    thread = threading.Thread(target=reader, name="patchctl-read-direct", daemon=True)
+    thread.start()
+    got = 0
+    try:
+        while (item := ready.get()) is not None:
+            if isinstance(item, BaseException):
+                if isinstance(item, OSError) and item.errno == errno.EINVAL and got == 0:
+                    break  # refused: read through the cache below
+                raise item
+            k, n = item
+            got += n
+            yield memoryview(bufs[k])[:n]
+        else:
+            return
     finally:
+        stop.set()
+        thread.join()
         os.close(fd)
+    yield from read_chunks(path, chunk_size)
 
 
 def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
