@@ -320,7 +320,7 @@ class Pipeline:
                     pending.append(_now(step(job, buf)))
                 else:
                     pending.append(compute.submit(step(job, buf)))
-                # hand on what is ready; wait for the oldest once `workers` computations are queued
+                # hand on what is ready, in order; wait for the oldest once 2 × workers jobs are pending
                 while pending and (
                     len(pending) > 2 * workers or not isinstance(pending[0], Future) or pending[0].done()
                 ):
