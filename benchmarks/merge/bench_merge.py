@@ -259,6 +259,7 @@ def cp_cmd(base: Path, out: Path) -> list[str]:
 
 
 _TIME_RSS = re.compile(r"Maximum resident set size \(kbytes\): (\d+)")
+_TIME_CPU = re.compile(r"(?:User|System) time \(seconds\): ([\d.]+)")
 
 
 def child_env() -> dict[str, str]:
@@ -277,12 +278,14 @@ def measure(cmd: list[str], env_extra: dict[str, str] | None = None) -> dict[str
         wall = time.perf_counter() - started
         m = _TIME_RSS.search(proc.stderr)
         rss_kib = float(m.group(1)) if m else float("nan")
+        cpu = sum(float(x) for x in _TIME_CPU.findall(proc.stderr)) if _TIME_CPU.search(proc.stderr) else float("nan")
     else:
         import resource
 
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - started
         rss_kib = float(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)  # max over children so far
+        cpu = float("nan")
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:4])}... failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     # the engine fsyncs its output; PEFT's save_pretrained and cp do not: also report the time
@@ -290,7 +293,14 @@ def measure(cmd: list[str], env_extra: dict[str, str] | None = None) -> dict[str
     synced = time.perf_counter()
     os.sync()
     sync_s = time.perf_counter() - synced
-    return {"wall_s": wall, "wall_synced_s": wall + sync_s, "peak_rss_mib": rss_kib / 1024}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return {
+        "wall_s": wall,
+        "wall_synced_s": wall + sync_s,
+        "peak_rss_mib": rss_kib / 1024,
+        "cpu_s": cpu,  # user + system of the command (all its threads and children)
+        "load_after": load,
+    }
 
 
 def dir_bytes(path: Path) -> int:
@@ -528,13 +538,14 @@ def run(workdir: Path, small: bool, cases: tuple[str, ...] = ("1gb", "4gb", "hub
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [
-        "| run | base | base size | wall (s) | wall incl. sync (s) | peak RSS (MiB) |",
-        "|---|---|---|---:|---:|---:|",
+        "| run | base | base size | wall (s) | wall incl. sync (s) | CPU (s) | peak RSS (MiB) | load after |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in results["rows"]:
         lines.append(
             f"| {r['run']} | {r['base']} | {r['base_bytes'] / 2**30:.2f} GiB | {r['wall_s']:.2f} "
-            f"| {r['wall_synced_s']:.2f} | {r['peak_rss_mib']:.0f} |"
+            f"| {r['wall_synced_s']:.2f} | {r.get('cpu_s', float('nan')):.1f} | {r['peak_rss_mib']:.0f} "
+            f"| {r.get('load_after', float('nan')):.1f} |"
         )
     lines.append("")
     for key, value in results["ratios"].items():
