@@ -327,7 +327,7 @@ def base_add(
     show_progress: bool = False,
 ) -> BaseAddResult:
     """Record a local base (fingerprinted) and its lineage edges to ``parents``."""
-    from patchctl.registry.store import LINEAGE_RELATIONS
+    from patchctl.registry.reads import LINEAGE_RELATIONS
 
     if relation not in LINEAGE_RELATIONS:
         raise InvalidInputError(f"relation {relation!r}: expected one of {', '.join(LINEAGE_RELATIONS)}")

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IDENTICAL",
+    "LINEAGE_RELATIONS",
     "CatalogConnection",
     "CatalogReader",
     "Rows",
@@ -74,6 +75,16 @@ __all__ = [
 #: the same tensors as the parent (re-sharded or re-uploaded): recorded automatically when a base's
 #: tensor-content fingerprint matches a recorded one; the resolver treats both as the same base
 IDENTICAL = "identical-weights"
+#: how a child base relates to its parent (``patchctl base add --relation``)
+LINEAGE_RELATIONS = (
+    "update",
+    "continued-pretraining",
+    "finetune",
+    "merge",
+    "quantization",
+    "other",
+    IDENTICAL,
+)
 
 _VCOLS = "v.id, v.version, v.content_digest, v.manifest_sha256, v.manifest, v.yanked, v.yank_reason, v.created_at"
 _BCOLS = "b.id, b.source, b.revision, b.weights_sha256, b.structure_sha256, b.family, b.created_at"

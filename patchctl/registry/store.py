@@ -26,6 +26,7 @@ from patchctl.registry import models as m
 from patchctl.registry.db import WRITE_OPTION, check_schema, make_engine, redacted_url
 from patchctl.registry.reads import (
     IDENTICAL,
+    LINEAGE_RELATIONS,
     CatalogReader,
     Rows,
     aware,
@@ -57,16 +58,6 @@ __all__ = ["IDENTICAL", "LINEAGE_RELATIONS", "Catalog", "check_alias_name", "ope
 
 T = TypeVar("T")
 
-#: how a child base relates to its parent (``patchctl base add --relation``)
-LINEAGE_RELATIONS = (
-    "update",
-    "continued-pretraining",
-    "finetune",
-    "merge",
-    "quantization",
-    "other",
-    IDENTICAL,
-)
 _ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
 _STATUSES = ("pass", "warn", "fail")
 #: verdicts of a validation (``pass``/``fail`` are accepted for rows written before 0003)
