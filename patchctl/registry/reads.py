@@ -335,10 +335,14 @@ class CatalogReader:
 
     def list_version_rows(self, name: str) -> list[tuple[str, bool, datetime]]:
         """(version, yanked, created_at) of every version of a patch, oldest first (no manifests read)."""
+        name = check_name(name)
         with self._read() as c:
-            patch_id, _ = self._patch(c, check_name(name))
-            rows = c.all(
-                "SELECT version, yanked, created_at FROM versions WHERE patch_id = ? ORDER BY sort_key", (patch_id,)
+            rows = self._of_patch(
+                c,
+                name,
+                "SELECT v.version, v.yanked, v.created_at FROM versions v JOIN patches p ON p.id = v.patch_id "
+                "WHERE p.name = ? ORDER BY v.sort_key",
+                (name,),
             )
             return [(v, bool(y), aware(t)) for v, y, t in rows]
 
@@ -475,125 +479,118 @@ class CatalogReader:
 
     def base_candidates(self, ref: PatchRef, base_weights_sha256: str) -> list[BaseCandidate]:
         """The versions ``ref`` can resolve to (non-yanked matches; an exact pin or an alias: that
-        one version) with whether each passed a validation on the exact base. Narrow queries only."""
-        cols = "SELECT v.id, v.version, v.yanked, v.source_weights_sha256 FROM versions v"
+        one version) with whether each passed a validation on the exact base. One narrow query."""
+        cols = (
+            "SELECT v.id, v.version, v.yanked, v.source_weights_sha256, EXISTS (SELECT 1 FROM validations va "
+            "WHERE va.version_id = v.id AND va.base_weights_sha256 = ? AND va.verdict = ?) FROM versions v "
+            "JOIN patches p ON p.id = v.patch_id"
+        )
+        params: list[Any] = [base_weights_sha256, "pass", ref.name]
         with self._read() as c:
-            patch_id, name = self._patch(c, ref.name)
             exact = exact_version(ref)
             if ref.alias:
                 rows = c.all(
-                    f"{cols} JOIN aliases a ON a.version_id = v.id WHERE a.patch_id = ? AND a.alias = ?",
-                    (patch_id, ref.alias),
+                    f"{cols} JOIN aliases a ON a.version_id = v.id AND a.patch_id = p.id WHERE p.name = ? AND a.alias = ?",
+                    [*params, ref.alias],
                 )
             elif exact is not None:
-                rows = c.all(f"{cols} WHERE v.patch_id = ? AND v.sort_key = ?", (patch_id, version_sort_key(exact)))
+                rows = c.all(f"{cols} WHERE p.name = ? AND v.sort_key = ?", [*params, version_sort_key(exact)])
             else:
                 from packaging.specifiers import SpecifierSet
 
-                live = {r[1]: r for r in c.all(f"{cols} WHERE v.patch_id = ?", (patch_id,)) if not r[2]}
+                live = {r[1]: r for r in c.all(f"{cols} WHERE p.name = ?", params) if not r[2]}
                 rows = [live[v] for v in (ref.spec or SpecifierSet()).filter(live)]
             if not rows:
-                self._resolve(c, ref)  # raises the not-found error (no alias, no version, nothing matches)
+                self._resolve(c, ref)  # raises the not-found error (no patch, alias, version; nothing matches)
                 return []
-            ids = [r[0] for r in rows]
-            validated = {
-                vid
-                for (vid,) in c.all(
-                    f"SELECT version_id FROM validations WHERE version_id IN {_marks(len(ids))} "
-                    "AND base_weights_sha256 = ? AND verdict = ?",
-                    (*ids, base_weights_sha256, "pass"),
-                )
-            }
-            return [BaseCandidate(name, v, bool(y), src, vid in validated) for vid, v, y, src in rows]
+            return [BaseCandidate(ref.name, v, bool(y), src, bool(ok)) for _, v, y, src, ok in rows]
 
     def latest_report_statuses(
         self, name: str, versions: list[str], base_weights_sha256: str, *, tool_version: str | None = None
     ) -> dict[str, tuple[str, list[str]]]:
         """The newest compat report of each version on one base (of ``tool_version`` when given):
-        version → (status, ["check: detail" of each failed check]). The resolver's check cache."""
+        version → (status, ["check: detail" of each failed check]). The resolver's check cache:
+        one query (the report's JSON read only for failures)."""
         if not versions:
             return {}
+        name = check_name(name)
+        keys = sorted({version_sort_key(v) for v in versions})
+        newest = (
+            "SELECT r.version_id, MAX(r.id) AS rid FROM compat_reports r JOIN versions v ON v.id = r.version_id "
+            f"JOIN patches p ON p.id = v.patch_id WHERE p.name = ? AND v.sort_key IN {_marks(len(keys))} "
+            "AND r.base_weights_sha256 = ?"
+        )
+        params: list[Any] = ["fail", name, *keys, base_weights_sha256]
+        if tool_version is not None:
+            newest += " AND r.tool_version = ?"
+            params.append(tool_version)
         with self._read() as c:
-            patch_id, _ = self._patch(c, check_name(name))
-            keys = sorted({version_sort_key(v) for v in versions})
-            by_id = dict(
-                c.all(
-                    f"SELECT id, version FROM versions WHERE patch_id = ? AND sort_key IN {_marks(len(keys))}",
-                    (patch_id, *keys),
-                )
-            )
-            if not by_id:
-                return {}
-            newest = (
-                "SELECT version_id, MAX(id) AS rid FROM compat_reports "
-                f"WHERE version_id IN {_marks(len(by_id))} AND base_weights_sha256 = ?"
-            )
-            params: list[Any] = [*by_id, base_weights_sha256]
-            if tool_version is not None:
-                newest += " AND tool_version = ?"
-                params.append(tool_version)
             rows = c.all(
-                f"SELECT r.id, r.version_id, r.status FROM compat_reports r JOIN ({newest} GROUP BY version_id) n "
-                "ON r.id = n.rid",
+                "SELECT v.version, r.status, CASE WHEN r.status = ? THEN r.report END FROM compat_reports r "
+                f"JOIN ({newest} GROUP BY r.version_id) n ON r.id = n.rid JOIN versions v ON v.id = r.version_id",
                 params,
             )
-            failed_ids = [rid for rid, _, status in rows if status == "fail"]
-            reports: dict[int, Any] = (
-                {
-                    rid: c.json(report)
-                    for rid, report in c.all(
-                        f"SELECT id, report FROM compat_reports WHERE id IN {_marks(len(failed_ids))}", failed_ids
-                    )
-                }
-                if failed_ids
-                else {}
-            )
+            if not rows:
+                self._patch(c, name)  # raises when there is no such patch
             out: dict[str, tuple[str, list[str]]] = {}
-            for rid, vid, status in rows:
-                report = reports.get(rid)
+            for version, status, report in rows:
                 failed = [
                     f"{r.get('name')}: {r.get('detail')}"
-                    for r in (report or {}).get("results", [])
+                    for r in (c.json(report) or {}).get("results", [])
                     if isinstance(r, dict) and r.get("status") == "fail"
                 ]
-                out[by_id[vid]] = (status, failed)
+                out[version] = (status, failed)
             return out
 
-    # -- aliases, remotes, reports, validations, installs ---------------------------------------
-
     def list_aliases(self, name: str) -> list[AliasInfo]:
+        name = check_name(name)
         with self._read() as c:
-            patch_id, name = self._patch(c, check_name(name))
-            rows = c.all(
+            rows = self._of_patch(
+                c,
+                name,
                 "SELECT a.alias, v.version, a.updated_at, a.validated_base_sha256, a.validation_id "
-                "FROM aliases a JOIN versions v ON a.version_id = v.id WHERE a.patch_id = ? ORDER BY a.alias",
-                (patch_id,),
+                "FROM aliases a JOIN versions v ON a.version_id = v.id JOIN patches p ON p.id = a.patch_id "
+                "WHERE p.name = ? ORDER BY a.alias",
+                (name,),
             )
             return [AliasInfo(name, a, v, aware(t), vb, vid) for a, v, t, vb, vid in rows]
 
     def list_remotes(self, name: str, version: str) -> list[RemoteCopy]:
+        name, version = check_name(name), check_version(version)
         with self._read() as c:
-            name, row = self._version_row(c, check_name(name), check_version(version))
             rows = c.all(
-                "SELECT url, revision, pushed_at FROM version_remotes WHERE version_id = ? ORDER BY url", (row[0],)
+                "SELECT v.version, r.url, r.revision, r.pushed_at FROM version_remotes r "
+                "JOIN versions v ON v.id = r.version_id JOIN patches p ON p.id = v.patch_id "
+                "WHERE p.name = ? AND v.sort_key = ? ORDER BY r.url",
+                (name, version_sort_key(version)),
             )
-            return [RemoteCopy(name, row[1], u, r, aware(t)) for u, r, t in rows]
+            if not rows:
+                self._version_row(c, name, version)  # raises when there is no such version
+            return [RemoteCopy(name, v, u, r, aware(t)) for v, u, r, t in rows]
 
+    @staticmethod
     def _filtered(
-        self, c: Rows, table: str, cols: str, name: str, version: str | None, base: str | None = None
-    ) -> tuple[int, str, str, list[str], list[Any]]:
-        """(patch id, patch name, ``SELECT cols FROM <table> r JOIN versions v``, conditions, parameters):
+        table: str, cols: str, name: str, version: str | None, base: str | None = None
+    ) -> tuple[str, list[str], list[Any]]:
+        """(``SELECT cols FROM <table> r JOIN versions v JOIN patches p``, conditions, parameters):
         the patch's, the version's and the base's conditions."""
-        patch_id, name = self._patch(c, check_name(name))
-        where: list[str] = ["v.patch_id = ?"]
-        params: list[Any] = [patch_id]
+        where: list[str] = ["p.name = ?"]
+        params: list[Any] = [name]
         if version is not None:
             where.append("v.sort_key = ?")
             params.append(version_sort_key(check_version(version)))
         if base is not None:
             where.append("r.base_weights_sha256 = ?")
             params.append(base)
-        return patch_id, name, f"SELECT {cols} FROM {table} r JOIN versions v ON v.id = r.version_id", where, params
+        sql = f"SELECT {cols} FROM {table} r JOIN versions v ON v.id = r.version_id JOIN patches p ON p.id = v.patch_id"
+        return sql, where, params
+
+    def _of_patch(self, c: Rows, name: str, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """The rows of a query on one patch's rows (joined by name); none: the patch must exist."""
+        rows = c.all(sql, params)
+        if not rows:
+            self._patch(c, name)  # raises when there is no such patch
+        return rows
 
     def list_compat_reports(
         self,
@@ -608,16 +605,15 @@ class CatalogReader:
         """Compat reports of a patch (one version, one base), newest first; ``latest_per_base``:
         only the newest of each (version, base); ``limit`` rows with ids below ``before`` (a page)."""
         cols = "r.id, v.version, r.base_weights_sha256, r.status, r.report, r.tool_version, r.created_at"
+        name = check_name(name)
         with self._read() as c:
-            patch_id, pname, sql, where, params = self._filtered(
-                c, "compat_reports", cols, name, version, base_weights_sha256
-            )
+            sql, where, params = self._filtered("compat_reports", cols, name, version, base_weights_sha256)
             if latest_per_base:
                 newest = (
                     "SELECT MAX(r2.id) FROM compat_reports r2 JOIN versions v2 ON v2.id = r2.version_id "
-                    "WHERE v2.patch_id = ?"
+                    "JOIN patches p2 ON p2.id = v2.patch_id WHERE p2.name = ?"
                 )
-                params.append(patch_id)
+                params.append(name)
                 if version is not None:
                     newest += " AND v2.sort_key = ?"
                     params.append(version_sort_key(check_version(version)))
@@ -630,8 +626,8 @@ class CatalogReader:
                 sql += " LIMIT ?"
                 params.append(limit)
             return [
-                CompatReportRecord(rid, pname, v, b, s, c.json(rep), tv, aware(t))
-                for rid, v, b, s, rep, tv, t in c.all(sql, params)
+                CompatReportRecord(rid, name, v, b, s, c.json(rep), tv, aware(t))
+                for rid, v, b, s, rep, tv, t in self._of_patch(c, name, sql, params)
             ]
 
     def list_validations(
@@ -642,13 +638,14 @@ class CatalogReader:
             'r.id, v.version, r.base_weights_sha256, r.scores, r.verdict, r.thresholds, r.created_at, r.base_ref, r."limit", '
             "r.lm_eval_version, r.tool_version, r.duration_s, r.check_status, r.forced"
         )
+        name = check_name(name)
         with self._read() as c:
-            _, pname, sql, where, params = self._filtered(c, "validations", cols, name, version, base_weights_sha256)
-            rows = c.all(sql + " WHERE " + " AND ".join(where) + " ORDER BY r.id DESC", params)
+            sql, where, params = self._filtered("validations", cols, name, version, base_weights_sha256)
+            rows = self._of_patch(c, name, sql + " WHERE " + " AND ".join(where) + " ORDER BY r.id DESC", params)
             return [
                 ValidationRecord(
                     rid,
-                    pname,
+                    name,
                     v,
                     b,
                     c.json(scores),
@@ -671,8 +668,9 @@ class CatalogReader:
     ) -> list[InstallRecord]:
         """Installs of a patch (or one version), newest first; ``limit`` rows with ids below ``before``."""
         cols = "r.id, v.version, r.base_weights_sha256, r.out_path, r.format, r.forced, r.report_id, r.created_at, r.decision"
+        name = check_name(name)
         with self._read() as c:
-            _, pname, sql, where, params = self._filtered(c, "installs", cols, name, version)
+            sql, where, params = self._filtered("installs", cols, name, version)
             if before is not None:
                 where.append("r.id < ?")
                 params.append(before)
@@ -681,8 +679,8 @@ class CatalogReader:
                 sql += " LIMIT ?"
                 params.append(limit)
             return [
-                InstallRecord(iid, pname, v, b, out, fmt, bool(forced), rep, aware(t), c.json(dec))
-                for iid, v, b, out, fmt, forced, rep, t, dec in c.all(sql, params)
+                InstallRecord(iid, name, v, b, out, fmt, bool(forced), rep, aware(t), c.json(dec))
+                for iid, v, b, out, fmt, forced, rep, t, dec in self._of_patch(c, name, sql, params)
             ]
 
     # -- bases and lineage -----------------------------------------------------------------------
@@ -731,39 +729,35 @@ class CatalogReader:
     def ancestry(self, weights_sha256: str) -> dict[str, int]:
         """Recorded ancestors of a base: weights fingerprint → generations up (1 = parent). Bases
         with identical weights (``identical-weights`` edges, either way) count as the same
-        generation: depth 0 for the base's own twins."""
+        generation: depth 0 for the base's own twins. One query (the edges, with fingerprints)."""
         with self._read() as c:
-            found = c.first("SELECT id FROM bases WHERE weights_sha256 = ?", (weights_sha256,))
-            if found is None:
-                return {}
-            bid = found[0]
-            parents: dict[int, list[int]] = {}
-            twins: dict[int, list[int]] = {}
-            for ch, p, r in self._edges(c):
-                if r == IDENTICAL:
-                    twins.setdefault(ch, []).append(p)
-                    twins.setdefault(p, []).append(ch)
-                else:
-                    parents.setdefault(ch, []).append(p)
-            depth = {bid: 0}
-            level, d = [bid], 0
-            while level:
-                todo = list(level)
-                while todo:  # twins of this generation first (same depth), then parents (one more)
-                    todo = [t for x in todo for t in twins.get(x, ()) if t not in depth]
-                    for t in dict.fromkeys(todo):
-                        depth[t] = d
-                    level += todo
-                d += 1
-                level = list(dict.fromkeys(p for x in level for p in parents.get(x, ()) if p not in depth))
-                for x in level:
-                    depth[x] = d
-            del depth[bid]
-            if not depth:
-                return {}
-            ids = list(depth)
-            shas = dict(c.all(f"SELECT id, weights_sha256 FROM bases WHERE id IN {_marks(len(ids))}", ids))
-            return {shas[i]: dep for i, dep in depth.items()}
+            edges = c.all(
+                "SELECT ch.weights_sha256, pa.weights_sha256, l.relation FROM base_lineage l "
+                "JOIN bases ch ON ch.id = l.child_id JOIN bases pa ON pa.id = l.parent_id ORDER BY l.id"
+            )
+        parents: dict[str, list[str]] = {}
+        twins: dict[str, list[str]] = {}
+        for ch, p, r in edges:
+            if r == IDENTICAL:
+                twins.setdefault(ch, []).append(p)
+                twins.setdefault(p, []).append(ch)
+            else:
+                parents.setdefault(ch, []).append(p)
+        depth = {weights_sha256: 0}
+        level, d = [weights_sha256], 0
+        while level:
+            todo = list(level)
+            while todo:  # twins of this generation first (same depth), then parents (one more)
+                todo = [t for x in todo for t in twins.get(x, ()) if t not in depth]
+                for t in dict.fromkeys(todo):
+                    depth[t] = d
+                level += todo
+            d += 1
+            level = list(dict.fromkeys(p for x in level for p in parents.get(x, ()) if p not in depth))
+            for x in level:
+                depth[x] = d
+        del depth[weights_sha256]
+        return depth
 
     def ancestors(self, weights_sha256: str) -> list[Ancestor]:
         """Every recorded ancestor of a base, nearest first. Empty if the base is unknown."""
