@@ -515,19 +515,18 @@ class CatalogReader:
             return {}
         name = check_name(name)
         keys = sorted({version_sort_key(v) for v in versions})
-        newest = (
-            "SELECT r.version_id, MAX(r.id) AS rid FROM compat_reports r JOIN versions v ON v.id = r.version_id "
-            f"JOIN patches p ON p.id = v.patch_id WHERE p.name = ? AND v.sort_key IN {_marks(len(keys))} "
-            "AND r.base_weights_sha256 = ?"
-        )
-        params: list[Any] = ["fail", name, *keys, base_weights_sha256]
+        # the newest report of each version: one backward seek of the (version, base, id) index each
+        newest = "SELECT r2.id FROM compat_reports r2 WHERE r2.version_id = v.id AND r2.base_weights_sha256 = ?"
+        params: list[Any] = ["fail", base_weights_sha256]
         if tool_version is not None:
-            newest += " AND r.tool_version = ?"
+            newest += " AND r2.tool_version = ?"
             params.append(tool_version)
+        params += [name, *keys]
         with self._read() as c:
             rows = c.all(
-                "SELECT v.version, r.status, CASE WHEN r.status = ? THEN r.report END FROM compat_reports r "
-                f"JOIN ({newest} GROUP BY r.version_id) n ON r.id = n.rid JOIN versions v ON v.id = r.version_id",
+                "SELECT v.version, r.status, CASE WHEN r.status = ? THEN r.report END FROM versions v "
+                f"JOIN patches p ON p.id = v.patch_id JOIN compat_reports r ON r.id = ({newest} ORDER BY r2.id DESC "
+                f"LIMIT 1) WHERE p.name = ? AND v.sort_key IN {_marks(len(keys))}",
                 params,
             )
             if not rows:
