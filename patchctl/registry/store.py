@@ -1,6 +1,8 @@
-"""The catalog store: every read and write of the catalog database goes through :class:`Catalog`.
+"""The catalog store: every write of the catalog database goes through :class:`Catalog`.
 
-Sessions are managed here (one transaction per method); callers get plain frozen records
+Its reads are :class:`~patchctl.registry.reads.CatalogReader`'s (one SQL implementation of each,
+shared with the SQLAlchemy-free read path of the CLI), run on a DB-API connection of the engine's
+pool. Writes use the ORM, one session and transaction per method; callers get plain frozen records
 (:mod:`patchctl.registry.records`). Writes that race with other processes (many CI jobs
 pushing at once) rely on unique constraints: an insert that loses the race is rolled back to
 a savepoint and the winner's row is read instead.
