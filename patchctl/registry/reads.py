@@ -557,15 +557,14 @@ class CatalogReader:
     def list_remotes(self, name: str, version: str) -> list[RemoteCopy]:
         name, version = check_name(name), check_version(version)
         with self._read() as c:
-            rows = c.all(
-                "SELECT v.version, r.url, r.revision, r.pushed_at FROM version_remotes r "
-                "JOIN versions v ON v.id = r.version_id JOIN patches p ON p.id = v.patch_id "
-                "WHERE p.name = ? AND v.sort_key = ? ORDER BY r.url",
+            rows = c.all(  # (the version's row, with no remote: one NULL row)
+                "SELECT v.version, r.url, r.revision, r.pushed_at FROM versions v JOIN patches p ON p.id = v.patch_id "
+                "LEFT JOIN version_remotes r ON r.version_id = v.id WHERE p.name = ? AND v.sort_key = ? ORDER BY r.url",
                 (name, version_sort_key(version)),
             )
             if not rows:
-                self._version_row(c, name, version)  # raises when there is no such version
-            return [RemoteCopy(name, v, u, r, aware(t)) for v, u, r, t in rows]
+                self._version_row(c, name, version)  # raises: there is no such version
+            return [RemoteCopy(name, v, u, r, aware(t)) for v, u, r, t in rows if u is not None]
 
     @staticmethod
     def _filtered(

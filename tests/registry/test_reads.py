@@ -92,6 +92,14 @@ def test_bare_connection_and_catalog_read_the_same(db_url: str, tmp_path: Path) 
             reader.get_version("bench/p00001", "7.0")
         with pytest.raises(NotFoundError, match="no alias 'nope'"):
             reader.resolve(_ref("bench/p00001@nope"))
+        # queries joined on the patch's name still say what is missing when they find nothing
+        with pytest.raises(NotFoundError, match=r"bench/p00001==9.9.9 is not in the catalog"):
+            reader.list_remotes("bench/p00001", "9.9.9")
+        for missing in (reader.list_validations, reader.list_installs, reader.list_aliases, reader.list_version_rows):
+            with pytest.raises(NotFoundError, match="patch bench/nope is not in the catalog"):
+                missing("bench/nope")
+        with pytest.raises(NotFoundError, match="patch bench/nope is not in the catalog"):
+            reader.latest_report_statuses("bench/nope", ["1.0"], base)
 
 
 def test_an_older_revision_is_refused_by_the_read_path_too(db_url: str, tmp_path: Path) -> None:
