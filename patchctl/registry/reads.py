@@ -917,8 +917,10 @@ def _connect(url: str) -> CatalogConnection | None:
     m = re.match(r"postgres(?:ql)?(?:\+psycopg)?://", url)
     if m is None:
         return None
-    import psycopg
-
+    try:
+        import psycopg
+    except ImportError:  # (open_catalog says what is missing)
+        return None
     try:
         pg = psycopg.connect("postgresql://" + url[m.end() :])
     except psycopg.Error:
