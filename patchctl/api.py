@@ -89,6 +89,7 @@ __all__ = [
 if TYPE_CHECKING:
     from patchctl._session import PublishedCopy, Publisher, catalog, checked_adapter, materialize_version, read_base
     from patchctl.registry.db import SchemaState
+    from patchctl.registry.reads import CatalogReader
     from patchctl.registry.store import Catalog
     from patchctl.schemas.base import BaseFacts
 
@@ -100,6 +101,16 @@ def _catalog(settings: Settings) -> Iterator[Catalog]:
     from patchctl._session import catalog
 
     with catalog(settings) as cat:
+        yield cat
+
+
+@contextmanager
+def _reader(settings: Settings) -> Iterator[CatalogReader]:
+    # the read commands' catalog: a bare DB-API connection when the schema is current (no
+    # SQLAlchemy imported), else the full catalog (which migrates or refuses a stale schema)
+    from patchctl.registry.reads import open_reader
+
+    with open_reader(settings) as cat:
         yield cat
 
 
@@ -123,7 +134,7 @@ def list_patches(
     """Patches by name; ``limit`` of them after ``cursor`` (the last name of the previous page).
     ``validated_on`` (a base directory, ``hf://repo@rev`` or weights fingerprint) keeps those with a
     version that passed validation on exactly that base."""
-    with _catalog(settings) as cat:
+    with _reader(settings) as cat:
         if validated_on is None:
             return cat.list_patches(namespace, limit=limit, after=cursor)
         sha = _base_fingerprint(cat, validated_on, settings=settings)
@@ -132,7 +143,7 @@ def list_patches(
         return patches if limit is None else patches[:limit]
 
 
-def _base_fingerprint(cat: Catalog, text: str, *, settings: Settings) -> str:
+def _base_fingerprint(cat: CatalogReader, text: str, *, settings: Settings) -> str:
     """The weights fingerprint of a base named by fingerprint (prefix), ``hf://repo@rev`` known to
     the catalog, or a local directory (hashed, not recorded)."""
     if re.fullmatch(r"[0-9a-fA-F]{8,64}", text) and not Path(text).exists():
@@ -154,7 +165,7 @@ def _patch_ref(text: str) -> PatchRef:
 
 
 def resolve(settings: Settings, ref: str) -> VersionInfo:
-    with _catalog(settings) as cat:
+    with _reader(settings) as cat:
         return cat.resolve(_patch_ref(ref)).version
 
 
@@ -192,7 +203,7 @@ def show(
 
     Compat reports: the newest per base unless ``all_reports``; reports and installs: ``limit``
     rows (newest first) older than their cursor (the last id of the previous page)."""
-    with _catalog(settings) as cat:
+    with _reader(settings) as cat:
         resolved = cat.resolve(_patch_ref(ref))
         v = resolved.version
         try:
@@ -251,7 +262,7 @@ def alias_remove(settings: Settings, name: str, alias: str) -> None:
 
 
 def alias_list(settings: Settings, name: str) -> list[AliasInfo]:
-    with _catalog(settings) as cat:
+    with _reader(settings) as cat:
         return cat.list_aliases(_patch_ref(name).name)
 
 
@@ -316,7 +327,7 @@ def base_add(
     show_progress: bool = False,
 ) -> BaseAddResult:
     """Record a local base (fingerprinted) and its lineage edges to ``parents``."""
-    from patchctl.registry.store import LINEAGE_RELATIONS
+    from patchctl.registry.reads import LINEAGE_RELATIONS
 
     if relation not in LINEAGE_RELATIONS:
         raise InvalidInputError(f"relation {relation!r}: expected one of {', '.join(LINEAGE_RELATIONS)}")
@@ -331,7 +342,7 @@ def base_add(
 
 def base_list(settings: Settings, *, limit: int | None = None, cursor: str | None = None) -> BaseListing:
     """Recorded bases and their parents; ``limit`` of them after ``cursor`` (a weights fingerprint)."""
-    with _catalog(settings) as cat:
+    with _reader(settings) as cat:
         bases = tuple(cat.list_bases(limit=limit, after=cursor))
         children = None if limit is None and cursor is None else [b.weights_sha256 for b in bases]
         return BaseListing(bases, tuple(cat.list_lineage(children)))

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from patchctl.errors import InvalidInputError, NotFoundError
+from patchctl.registry.reads import CatalogReader, open_reader
 from patchctl.registry.records import BaseInfo, LineageEdge, LineageGraph
-from patchctl.registry.store import Catalog, open_catalog
 from patchctl.schemas.refs import HubRef, PatchRef, parse_base_ref, parse_patch_ref
 from patchctl.settings import Settings
 
@@ -25,8 +25,8 @@ _FINGERPRINT = re.compile(r"[0-9a-fA-F]{8,64}")
 def lineage(settings: Settings, text: str, *, per_base_limit: int = 20, progress: bool = False) -> LineageGraph:
     """The lineage graph around ``text``: a catalog patch (``org/name``: every version, on its source
     base), or a base (weights fingerprint, ``hf://repo[@rev]`` recorded in the catalog, or a local
-    directory, fingerprinted)."""
-    cat = open_catalog(settings)
+    directory, fingerprinted). Reads only (:func:`~patchctl.registry.reads.open_reader`)."""
+    cat = open_reader(settings)
     try:
         if _FINGERPRINT.fullmatch(text) and not Path(text).exists():
             return cat.lineage_graph(base=text, per_base_limit=per_base_limit)
@@ -109,6 +109,8 @@ def add_hub_base(
         raise InvalidInputError(f"{text!r}: expected hf://org/repo[@rev]")
     facts = remote_base_facts(ref)
     hints = hub_lineage(HubRef(ref.repo_id, revision=facts.revision))
+    from patchctl.registry.store import open_catalog
+
     cat = open_catalog(settings)
     try:
         wanted: list[tuple[str, str]] = [(_recorded(cat, p), relation) for p in parents]
@@ -137,7 +139,7 @@ def add_hub_base(
         cat.close()
 
 
-def _recorded(cat: Catalog, text: str) -> str:
+def _recorded(cat: CatalogReader, text: str) -> str:
     if _FINGERPRINT.fullmatch(text):
         return cat.get_base(text).weights_sha256
     ref = parse_base_ref(text)

@@ -13,9 +13,11 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from patchctl import __version__
 from patchctl.errors import InvalidInputError
+from patchctl.registry.reads import CatalogReader, open_reader
 from patchctl.registry.resolver import (
     BaseCandidate,
     BaseResolution,
@@ -24,10 +26,11 @@ from patchctl.registry.resolver import (
     exact_version,
     resolve_for_base,
 )
-from patchctl.registry.store import Catalog, open_catalog
-from patchctl.schemas.base import BaseFacts
 from patchctl.schemas.refs import PatchRef, parse_patch_ref
 from patchctl.settings import Settings
+
+if TYPE_CHECKING:
+    from patchctl.schemas.base import BaseFacts
 
 __all__ = ["CatalogProvider", "ResolveTarget", "needs_resolution", "resolve_onto", "resolve_with_catalog"]
 
@@ -55,7 +58,7 @@ def needs_resolution(text: str) -> bool:
 class CatalogProvider:
     """The resolver's provider: candidates and cached reports from the catalog, checks run when missing."""
 
-    def __init__(self, settings: Settings, cat: Catalog, ref: PatchRef, target: ResolveTarget) -> None:
+    def __init__(self, settings: Settings, cat: CatalogReader, ref: PatchRef, target: ResolveTarget) -> None:
         self.settings, self.cat, self.ref, self.target = settings, cat, ref, target
         self._cands: list[BaseCandidate] | None = None
         self._ancestry: dict[str, int] | None = None
@@ -93,6 +96,10 @@ class CatalogProvider:
     def _run_checks(self, candidate: BaseCandidate, facts: BaseFacts) -> Compatibility:
         from patchctl.checks import read_adapter_for_checks, run_checks
         from patchctl.installer import _materialized
+        from patchctl.registry.store import Catalog
+
+        # a target with facts (a directory, hf://) is resolved on a catalog opened for writing
+        assert isinstance(self.cat, Catalog), "checks are recorded: open the catalog with open_catalog"
 
         version = self.cat.get_version(candidate.name, candidate.version)
         layout = read_adapter_for_checks(_materialized(self.settings, version))
@@ -120,7 +127,7 @@ def _patch_ref(text: str) -> PatchRef:
 
 def resolve_with_catalog(
     settings: Settings,
-    cat: Catalog,
+    cat: CatalogReader,
     request: str,
     target: ResolveTarget,
     *,
@@ -140,8 +147,12 @@ def resolve_with_catalog(
     )
 
 
-def _target(settings: Settings, cat: Catalog, onto: str, *, progress: bool) -> ResolveTarget:
-    if _FINGERPRINT.fullmatch(onto) and not Path(onto).exists():
+def _is_fingerprint(onto: str) -> bool:
+    return _FINGERPRINT.fullmatch(onto) is not None and not Path(onto).exists()
+
+
+def _target(settings: Settings, cat: CatalogReader, onto: str, *, progress: bool) -> ResolveTarget:
+    if _is_fingerprint(onto):
         base = cat.get_base(onto)
         return ResolveTarget(base.weights_sha256, None, base.source)
     from patchctl.installer import _target_base
@@ -160,8 +171,14 @@ def resolve_onto(
     progress: bool = False,
 ) -> BaseResolution:
     """Choose the version of ``request`` for the base ``onto`` (a directory, ``hf://repo@rev`` or a
-    recorded base's weights fingerprint: then only reports already in the catalog are used)."""
-    cat = open_catalog(settings)
+    recorded base's weights fingerprint: then only reports already in the catalog are used, and
+    the catalog is only read, without SQLAlchemy)."""
+    if _is_fingerprint(onto):
+        cat = open_reader(settings)
+    else:
+        from patchctl.registry.store import open_catalog
+
+        cat = open_catalog(settings)
     try:
         target = _target(settings, cat, onto, progress=progress)
         return resolve_with_catalog(settings, cat, request, target, allow_unrelated=allow_unrelated, explain=explain)

@@ -263,17 +263,50 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, max(0, round(q * len(values)) - 1))]
 
 
-def _timed(fn: Callable[[], Any], repeat: int) -> tuple[float, float, float, float]:
+class _GcClock:
+    """Time spent in the cyclic garbage collector (``gc.callbacks``), to tell its pauses from the
+    reads' own time in the slow runs."""
+
+    def __init__(self) -> None:
+        self.ms = 0.0
+        self.collections = 0
+        self._t0 = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.ms += (time.perf_counter() - self._t0) * 1000
+            self.collections += 1
+
+
+#: per operation: collections during its timed runs, their total ms, and the p99 of wall time
+#: with each run's collection time taken out (filled by :func:`_timed`)
+GC_STATS: dict[str, dict[str, float]] = {}
+
+
+def _timed(fn: Callable[[], Any], repeat: int, label: str = "") -> tuple[float, float, float, float]:
     """p50 and p99 of wall time, and p50 and p99 of this process's CPU time (ms). On a loaded
     machine wall time includes waiting for a core; CPU time does not (for PostgreSQL it leaves
     out the server's work)."""
+    import gc
+
     fn()  # warm caches (first query plans)
-    wall, cpu = [], []
-    for _ in range(repeat):
-        t, c = time.perf_counter(), time.process_time()
-        fn()
-        wall.append((time.perf_counter() - t) * 1000)
-        cpu.append((time.process_time() - c) * 1000)
+    clock = _GcClock()
+    gc.callbacks.append(clock)
+    wall, cpu, no_gc = [], [], []
+    try:
+        for _ in range(repeat):
+            before = clock.ms
+            t, c = time.perf_counter(), time.process_time()
+            fn()
+            wall.append((time.perf_counter() - t) * 1000)
+            cpu.append((time.process_time() - c) * 1000)
+            no_gc.append(wall[-1] - (clock.ms - before))
+    finally:
+        gc.callbacks.remove(clock)
+    GC_STATS[label] = {"collections": clock.collections, "ms": round(clock.ms, 2),
+                       "p99_wall_without_gc_ms": round(_pct(no_gc, 0.99), 2)}  # fmt: skip
     return statistics.median(wall), _pct(wall, 0.99), statistics.median(cpu), _pct(cpu, 0.99)
 
 
@@ -335,7 +368,7 @@ def measure(url: str, size: Size, *, seed_rng: int = 1) -> dict[str, tuple[float
         "lineage (a patch)": lineage,
     }
     try:
-        return {name: _timed(fn, size.repeat) for name, fn in ops.items()}
+        return {name: _timed(fn, size.repeat, name) for name, fn in ops.items()}
     finally:
         cat.close()
 
@@ -453,7 +486,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(table(size, backend, results, cli))
     data = {"backend": backend, "size": size.__dict__, "in_process_ms": results, "cli_s": cli,
             "targets": {"p99_ms": TARGET_MS, "cli_s": CLI_TARGET_S}, "commit": _commit(),
-            "load_average": {"before_cli": load_before, "after_cli": load_average()},
+            "load_average": {"before_cli": load_before, "after_cli": load_average()}, "gc_during_runs": GC_STATS,
             "cpus": os.cpu_count()}  # fmt: skip
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(data, indent=2))

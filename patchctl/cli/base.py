@@ -11,7 +11,7 @@ from patchctl._text import escape_controls
 from patchctl.cli._output import json_option, print_json, print_table
 from patchctl.cli.patches import limit_option, next_page
 from patchctl.errors import InvalidInputError
-from patchctl.registry.store import LINEAGE_RELATIONS
+from patchctl.registry.reads import LINEAGE_RELATIONS
 from patchctl.settings import Settings
 
 __all__ = ["COMMANDS"]

@@ -25,6 +25,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
 from patchctl.errors import CatalogError, InvalidInputError, StaleSchemaError
+from patchctl.registry._constants import BUSY_TIMEOUT_S, HEAD_REVISION
 
 __all__ = [
     "BUSY_TIMEOUT_S",
@@ -42,10 +43,6 @@ __all__ = [
     "upgrade_command",
 ]
 
-BUSY_TIMEOUT_S = 30
-#: the newest migration in ``patchctl/migrations`` (bump it with every new migration;
-#: tests/registry/test_migrations.py checks it against Alembic's script directory)
-HEAD_REVISION = "0004"
 #: pg_advisory_lock key of catalog migrations (any constant: "patchctl" in ASCII)
 _PG_LOCK_KEY = 0x7061746368637466
 #: execution option that makes a SQLite transaction start with BEGIN IMMEDIATE

@@ -114,3 +114,32 @@ def test_search_does_not_load_the_catalog(tmp_path: Path) -> None:
     remote = tmp_path / "remote"
     remote.mkdir()
     assert "sqlalchemy" not in _loaded(["search", "--remote", f"file://{remote}"], tmp_path / "home")
+
+
+def test_read_commands_do_not_import_the_orm(db_url: str, tmp_path: Path) -> None:
+    """On a current catalog, list, show, resolve --onto FINGERPRINT, lineage, base list and alias
+    list read it over a bare DB-API connection: SQLAlchemy is not imported (nor pydantic by list)."""
+    import importlib.util
+
+    from patchctl.registry.db import make_engine, upgrade
+
+    spec = importlib.util.spec_from_file_location("bench_catalog", REPO / "benchmarks" / "catalog" / "bench_catalog.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_catalog"] = bench
+    spec.loader.exec_module(bench)
+    engine = make_engine(db_url)
+    upgrade(engine)
+    bench.seed(engine, bench.SMALL, progress=False)  # type: ignore[attr-defined]
+    engine.dispose()
+    base = bench.base_sha(3, bench.SMALL.generations - 1)  # type: ignore[attr-defined]
+    home, db = tmp_path / "home", ["--db", db_url]
+    assert _loaded([*db, "list", "--limit", "5"], home) == {"rich"}
+    for args in (
+        ["show", "bench/p00003"],
+        ["resolve", "bench/p00003", "--onto", base, "--explain"],
+        ["lineage", "bench/p00003"],
+        ["base", "list"],
+        ["alias", "list", "bench/p00003"],
+    ):
+        assert "sqlalchemy" not in _loaded([*db, *args], home), args
