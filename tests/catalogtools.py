@@ -111,3 +111,18 @@ def base_facts(name: str) -> BaseFacts:
         weight_files=(WeightFile(path="model.safetensors", sha256=sha(name + "file"), size=1),),
         tensors={"w": TensorInfo(dtype="F32", shape=(2, 2), file="model.safetensors")},
     )
+
+
+BENCH_CATALOG = Path(__file__).resolve().parents[1] / "benchmarks" / "catalog" / "bench_catalog.py"
+
+
+def load_bench_catalog() -> Any:
+    """``benchmarks/catalog/bench_catalog.py`` imported as a module (it is a script, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_catalog", BENCH_CATALOG)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_catalog"] = mod
+    spec.loader.exec_module(mod)
+    return mod

@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "catalog" / "bench_catalog.py"
-
-
-def _load() -> object:
-    spec = importlib.util.spec_from_file_location("bench_catalog", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_catalog"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+from catalogtools import load_bench_catalog
 
 
 def test_small_benchmark_runs(db_url: str, tmp_path: Path) -> None:
-    bench = _load()
-    data = bench.main(["--small", "--db", db_url, "--cli-runs", "0", "--json", str(tmp_path / "out.json")])  # type: ignore[attr-defined]
+    bench = load_bench_catalog()
+    data = bench.main(["--small", "--db", db_url, "--cli-runs", "0", "--json", str(tmp_path / "out.json")])
     ops = data["in_process_ms"]
     assert set(ops) == {"resolve (specifier)", "resolve (alias)", "resolve (for a base)", "list (page of 100)",
                         "show", "search", "lineage (a patch)"}  # fmt: skip
@@ -32,7 +20,7 @@ def test_small_benchmark_runs(db_url: str, tmp_path: Path) -> None:
 
 def test_seeded_catalog_answers_like_the_store_says(tmp_path: Path) -> None:
     """The bulk-seeded rows are valid catalog rows: the resolver for a base ranks a validated version first."""
-    bench = _load()
+    bench = load_bench_catalog()
     url = f"sqlite:///{tmp_path / 'c.db'}"
     from patchctl.registry.db import make_engine, upgrade
     from patchctl.registry.store import Catalog
@@ -41,11 +29,11 @@ def test_seeded_catalog_answers_like_the_store_says(tmp_path: Path) -> None:
 
     engine = make_engine(url)
     upgrade(engine)
-    size = bench.SMALL  # type: ignore[attr-defined]
-    bench.seed(engine, size, progress=False)  # type: ignore[attr-defined]
+    size = bench.SMALL
+    bench.seed(engine, size, progress=False)
     cat = Catalog(engine)
     try:
-        last = bench.base_sha(0, size.generations - 1)  # type: ignore[attr-defined]
+        last = bench.base_sha(0, size.generations - 1)
         res = resolve_with_catalog(
             Settings(home=tmp_path / "h", database_url=url), cat, "bench/p00000", ResolveTarget(last, None, "t")
         )
@@ -61,9 +49,9 @@ def test_seeded_catalog_answers_like_the_store_says(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_small_benchmark_times_the_cli(tmp_path: Path) -> None:
     """The CLI part: every command row runs (a fresh process each) and reports its times."""
-    bench = _load()
+    bench = load_bench_catalog()
     url = f"sqlite:///{tmp_path / 'c.db'}"
-    data = bench.main(["--small", "--db", url, "--cli-runs", "1", "--json", str(tmp_path / "out.json")])  # type: ignore[attr-defined]
+    data = bench.main(["--small", "--db", url, "--cli-runs", "1", "--json", str(tmp_path / "out.json")])
     cli = data["cli_s"]
     assert {"--help (start-up floor)", "list", "show", "resolve --onto", "lineage"} <= set(cli)
     assert any(k.startswith("search") for k in cli)

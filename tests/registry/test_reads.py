@@ -3,12 +3,11 @@ are the same queries; a catalog that is not at head still goes through open_cata
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from catalogtools import load_bench_catalog
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
@@ -18,17 +17,6 @@ from patchctl.registry.reads import CatalogConnection, CatalogReader, open_reade
 from patchctl.registry.store import Catalog
 from patchctl.schemas.refs import PatchRef, parse_patch_ref
 from patchctl.settings import Settings
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "catalog" / "bench_catalog.py"
-
-
-def _bench() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_catalog", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_catalog"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _with_password(url: str) -> str:
@@ -75,7 +63,7 @@ def _everything(cat: CatalogReader, base: str) -> list[Any]:
 
 
 def test_bare_connection_and_catalog_read_the_same(db_url: str, tmp_path: Path) -> None:
-    bench = _bench()
+    bench = load_bench_catalog()
     url = _with_password(db_url)
     engine = make_engine(url)
     upgrade(engine)
