@@ -210,8 +210,10 @@ class _PieceWork:
 
 @dataclass
 class _Deltas:
-    """The LoRA delta of the tensor being merged, one block of rows at a time, in one reused
-    fp32 buffer sized for the largest block; each blocking probed once against the whole product."""
+    """What the pieces of the tensor being merged add, taken in job order on the thread that plans
+    them: the block deltas that are not tiled (a ``lora_bias``, a ``target_parameters`` block, a
+    tensor merged whole), the LoRA factors of the tiled ones, and each blocking probed once
+    against the whole product (in ``buffer``, a tile's size: the probes run on this thread)."""
 
     tensors: _AdapterTensors
     blocking: Blocking
