@@ -201,8 +201,13 @@ def _materialized(settings: Settings, version: VersionInfo) -> Path:
         try:
             os.rename(tmp / "adapter", dest)
         except OSError:  # another process laid it out first: same content digest, same files
-            if layout_problems(dest, version.files, wanted):
-                raise
+            if problems := layout_problems(dest, version.files, wanted):
+                # not a usable layout (another process caught mid-way, seen under concurrent
+                # `ci` jobs sharing a home): ours, verified, replaces it
+                log.warning("%s: replacing the layout %s (%s)", version.ref, dest, "; ".join(problems))
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(dest, tmp / "replaced")
+                os.rename(tmp / "adapter", dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest

@@ -77,6 +77,30 @@ def test_deleted_layout_file_is_rebuilt_from_the_store(
     assert a == b  # the same model, bit for bit
 
 
+def test_a_layout_caught_mid_way_by_another_process_is_replaced(
+    settings: Settings, llama_adapter: Path, pico_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two jobs lay out the same version at once (concurrent `ci` jobs sharing a home): the rename
+    of the second finds the destination taken; where what it finds is not a usable layout (the
+    other process caught mid-way), the second's verified layout replaces it instead of failing."""
+    from patchctl import installer
+
+    pushed = _push(settings, llama_adapter, pico_llama)
+    layout = settings.home / "adapters" / pushed.version.content_digest
+    real = installer.materialize_version
+
+    def racing(settings_: Settings, version: object, dest: Path) -> None:
+        real(settings_, version, dest)  # type: ignore[arg-type]
+        layout.mkdir(parents=True)  # the other process's layout appears, incomplete
+        (layout / "adapter_config.json").write_text("{}")
+
+    monkeypatch.setattr(installer, "materialize_version", racing)
+    api.install(settings, NAME, onto=str(pico_llama), out=tmp_path / "out", progress=False)
+    assert verify(settings).ok
+    assert (layout / "adapter_config.json").read_bytes() == (llama_adapter / "adapter_config.json").read_bytes()
+    assert not list(layout.parent.glob(".materialize-*"))  # the replaced layout went with the temporary
+
+
 def test_local_adapter_that_differs_from_its_patch_json_is_refused(
     settings: Settings, llama_adapter: Path, pico_llama: Path, tmp_path: Path
 ) -> None:
