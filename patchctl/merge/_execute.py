@@ -8,7 +8,7 @@ written in place. Reading, computing and writing overlap (``_pipeline``: a reade
 thread preparing each piece in order, compute threads, a writer and a hasher thread, a bounded
 pool of buffers); LoRA deltas are computed a block of rows at a time where the whole one would
 not fit the memory budget (``_blocks``, ``_delta``). A base larger than a quarter of the RAM is
-read with ``O_DIRECT`` and its output dropped from the page cache behind the merge (:func:`streams`).
+read with ``O_DIRECT`` and its output dropped from the page cache behind the merge (:func:`~patchctl._fs.bypasses_page_cache`).
 
 PEFT semantics (``peft/tuners/lora/layer.py``, adapter weights loaded as fp32 by default):
 
@@ -571,13 +571,6 @@ def _max_tile_elems(plan: MergePlan, blocking: Blocking) -> int:
     return most
 
 
-def streams(total_bytes: int) -> bool:
-    """Whether a merge of ``total_bytes`` streams past the page cache (:func:`bypasses_page_cache`:
-    above a quarter of the RAM). Measured here: 16 GB written through a full cache cost 2 s of
-    system time per GB; sent to disk and dropped behind, 0.3 s."""
-    return bypasses_page_cache(total_bytes)
-
-
 def compute_threads() -> int:
     """Compute threads of a merge: one per core, 4 at most (each piece's work is a few
     milliseconds of memory-bound torch ops; the reader and the writer's hashing need CPU too)."""
@@ -702,7 +695,7 @@ def execute_merge(
     reads, computes and writes in turn on this thread (same bytes; the reference for tests).
     ``threads``: compute threads (default :func:`compute_threads`; the bytes do not depend on it).
     ``stream``: drop what is read and written from the page cache behind the merge (default:
-    :func:`streams`; the bytes do not depend on it).
+    :func:`~patchctl._fs.bypasses_page_cache` of the plan's size; the bytes do not depend on it).
     """
     started = time.monotonic()
     progress = progress or NullProgress()
@@ -724,8 +717,10 @@ def execute_merge(
         if base_weights_sha256 is None:
             base_hashes = [(s.file, pool.submit(_sha256, plan.base_dir / s.file)) for s in plan.shards]
         tensors = _AdapterTensors(plan.adapter.weights_path, plan.adapter.header)
-        run = _Run(plan, tmp, tensors, blocking, ROW_CHUNK_BYTES, progress, pool, wait_for_shard, overlap)
-        run.stream = streams(plan.total_bytes) if stream is None else stream
+        stream = bypasses_page_cache(plan.total_bytes) if stream is None else stream
+        run = _Run(
+            plan, tmp, tensors, blocking, ROW_CHUNK_BYTES, progress, pool, wait_for_shard, overlap, stream=stream
+        )
         progress.start(plan.total_tensors, plan.total_bytes)
         try:
             merged_whole = _merge_shards(run, delay, workers)

@@ -134,7 +134,7 @@ class _Stopped(Exception):
 
 
 class Pipeline:
-    """``for job, buf in pipe.run(jobs): ...; pipe.put(Write(...))``; see the module doc.
+    """``pipe.run(jobs, step, workers=n)``: see the module doc and :data:`Step`.
 
     ``advance(tensors, nbytes)`` is called on the hasher thread after each write or copy."""
 
