@@ -5,11 +5,24 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import mmap
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
-__all__ = ["WriteBehind", "copy_file", "copy_range", "drop_cache", "pread_exact", "pwrite_all", "start_writeback"]
+__all__ = [
+    "ALIGN",
+    "DirectSink",
+    "Residency",
+    "WriteBehind",
+    "copy_file",
+    "copy_range",
+    "drop_cache",
+    "pread_exact",
+    "pwrite_all",
+    "start_writeback",
+]
 
 _COPY_CHUNK = 64 * 1024 * 1024
 _FALLBACK_CHUNK = 8 * 1024 * 1024
@@ -145,3 +158,138 @@ class WriteBehind:
                 start_writeback(self.fd, self._settled, end - self._settled, wait=True)
                 drop_cache(self.fd, self._settled, end - self._settled)
                 self._settled = end
+
+
+#: O_DIRECT I/O: offsets, lengths and buffer addresses in multiples of this
+ALIGN = 4096
+
+
+class DirectSink:
+    """One file written front to back with ``O_DIRECT`` (``fd``, opened with it): the bytes go
+    from our buffers to the disk, without a copy into the page cache, its dirty-page accounting
+    and its reclaim (for a base larger than the cache, that path costs more CPU than the merge;
+    measured here: 16 GB written through the cache, 8-15 s of system time). ``O_DIRECT`` writes
+    whole aligned blocks from aligned memory, so the partial block at the end of each write is
+    kept (``stage``) and written with the next one. A write whose bytes lie in a larger aligned
+    buffer, at the position they have in the file modulo :data:`ALIGN` (``region``/``pos``: the
+    reads of a base whose data offsets have that alignment, see ``encode_header``), is written
+    from there (the carried block goes just before it, over bytes nobody reads); any other is
+    copied through ``stage``. :meth:`close` writes the last block and truncates the file to its size."""
+
+    def __init__(self, fd: int, stage_bytes: int = 1 << 20) -> None:
+        self.fd = fd
+        #: bytes written so far (the file's size once closed)
+        self.size = 0
+        self._stage = mmap.mmap(-1, stage_bytes)  # page-aligned; [0, size % ALIGN): the partial block
+        self._view = memoryview(self._stage)
+        #: zero-copy writes (for the tests: the alignment works out on real bases)
+        self.direct_writes = 0
+
+    def write(self, offset: int, data: memoryview, region: memoryview | None = None, pos: int = 0) -> None:
+        """Write ``data`` at ``offset`` (where the last write ended); ``data`` is
+        ``region[pos : pos + len(data)]`` when ``region`` is given (then the bytes before ``pos`` may be overwritten)."""
+        if offset != self.size:
+            raise ValueError(f"O_DIRECT writes must follow each other: {offset} after {self.size}")
+        n = len(data)
+        if n == 0:
+            return
+        carry = offset % ALIGN
+        if region is not None and pos >= carry and (pos - carry) % ALIGN == 0 and n >= ALIGN:
+            region[pos - carry : pos] = self._view[:carry]
+            tail = (offset + n) % ALIGN
+            end = pos + n - tail
+            pwrite_all(self.fd, region[pos - carry : end], offset - carry)
+            self._view[:tail] = region[end : pos + n]
+            self.size += n
+            self.direct_writes += 1
+            return
+        block = offset - carry  # the file offset of stage[0]
+        fill, done = carry, 0
+        while done < n:
+            k = min(n - done, len(self._view) - fill)
+            self._view[fill : fill + k] = data[done : done + k]
+            fill += k
+            done += k
+            full = fill - fill % ALIGN
+            if full:
+                pwrite_all(self.fd, self._view[:full], block)
+                block += full
+                self._view[: fill - full] = self._view[full:fill]
+                fill -= full
+        self.size += n
+
+    def close(self) -> None:
+        """Write the partial last block (padded, then cut off by truncating to :attr:`size`) and close ``fd``."""
+        try:
+            carry = self.size % ALIGN
+            if carry:
+                self._view[carry:ALIGN] = bytes(ALIGN - carry)
+                pwrite_all(self.fd, self._view[:ALIGN], self.size - carry)
+                os.ftruncate(self.fd, self.size)
+        finally:
+            os.close(self.fd)
+            self._view.release()
+            self._stage.close()
+
+
+class Residency:
+    """Which parts of a file the page cache holds, asked without reading them: ``mincore`` on a
+    mapping of the file that is never touched (a read with ``RWF_NOWAIT`` would start readahead
+    of what is missing, filling the cache it is meant to go around). Linux; elsewhere
+    :meth:`of` gives None."""
+
+    _libc: Any = None
+    #: bytes -> bytes: 1 where a page is resident (bit 0 of mincore's answer), 0 elsewhere
+    _BIT0 = bytes(i & 1 for i in range(256))
+
+    def __init__(self, addr: int, size: int) -> None:
+        self._addr = addr
+        self._size = size
+        self._page = mmap.PAGESIZE
+
+    @classmethod
+    def _lib(cls) -> Any:
+        if cls._libc is None:
+            cls._libc = False
+            if sys.platform.startswith("linux"):
+                try:
+                    libc = ctypes.CDLL(None, use_errno=True)
+                    libc.mmap.restype = ctypes.c_void_p
+                    libc.mmap.argtypes = [
+                        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long,
+                    ]  # fmt: skip
+                    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+                    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+                    cls._libc = libc
+                except (OSError, AttributeError):
+                    pass
+        return cls._libc
+
+    @classmethod
+    def of(cls, fd: int) -> Residency | None:
+        """A residency map of ``fd`` (opened for reading), or None where it cannot be had."""
+        libc = cls._lib()
+        size = os.fstat(fd).st_size
+        if not libc or size == 0:
+            return None
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr is None or addr == ctypes.c_void_p(-1).value:
+            return None
+        return cls(addr, size)
+
+    def holds(self, offset: int, length: int) -> bool:
+        """Whether every page of ``[offset, offset + length)`` is in the page cache now."""
+        start = offset - offset % self._page
+        end = min(self._size, offset + length)
+        if end <= start:
+            return True
+        pages = -(-(end - start) // self._page)
+        vec = ctypes.create_string_buffer(pages)
+        if self._libc.mincore(ctypes.c_void_p(self._addr + start), end - start, vec) != 0:
+            return False
+        return vec.raw.translate(self._BIT0).count(0) == 0
+
+    def close(self) -> None:
+        if self._addr:
+            self._libc.munmap(ctypes.c_void_p(self._addr), self._size)
+            self._addr = 0

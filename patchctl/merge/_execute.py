@@ -42,7 +42,7 @@ from patchctl._fs import bypasses_page_cache
 from patchctl.bases import INDEX_FILE, header_length, parse_safetensors_header, weights_fingerprint
 from patchctl.errors import InvalidInputError, UnsupportedError
 from patchctl.merge._blocks import Blocking, carries_lora, carries_param
-from patchctl.merge._copy import WriteBehind, copy_file
+from patchctl.merge._copy import DirectSink, Residency, WriteBehind, copy_file
 from patchctl.merge._delta import lora_delta, probe
 from patchctl.merge._io import TORCH_DTYPES, encode_header, pwrite_all, read_tensor, tensor_bytes
 from patchctl.merge._output import FileRecord, MergeResult, atomic_output_dir, write_provenance
@@ -95,6 +95,16 @@ class _Source:
     fd: int
     offset: int
     dtype: str
+
+
+@dataclass(frozen=True)
+class _Move:
+    """Untouched bytes read through the pipeline's buffers and written at ``dst_off`` of ``dst_fd``
+    as they are (a streamed merge: see :class:`~patchctl.merge._copy.DirectSink`)."""
+
+    dst_fd: int
+    dst_off: int
+    tensors: int
 
 
 @dataclass(frozen=True)
@@ -364,6 +374,7 @@ def _tensor_reads(
     blocking: Blocking,
     chunk_bytes: int,
     direct_fd: int | None = None,
+    resident: Residency | None = None,
 ) -> Iterator[Read]:
     """The chunks of rows of a touched tensor, each inside one delta block, as reads of its source
     (through ``direct_fd``, the source opened with ``O_DIRECT``, when given)."""
@@ -395,7 +406,7 @@ def _tensor_reads(
             )
             group = []
             offset = source.offset + r0 * row_elems * in_size
-            yield Read(source.fd, offset, (r1 - r0) * row_elems * in_size, piece, direct_fd)
+            yield Read(source.fd, offset, (r1 - r0) * row_elems * in_size, piece, direct_fd, resident)
     if rows == 0:
         yield Read(source.fd, source.offset, 0, _Piece(t, source.dtype, 0, 0, (0, 0), dst_fd, dst_off, True))
 
@@ -462,8 +473,12 @@ class _Run:
     hashes: dict[int, StreamHash] = field(default_factory=dict)
     #: output shard fd -> its write-behind (sent to disk as written; dropped from the cache when streaming)
     behind: dict[int, WriteBehind] = field(default_factory=dict)
-    #: a base larger than the page cache comfortably holds: reads and writes dropped behind
+    #: output shard fd -> its O_DIRECT writer (streaming: written around the page cache)
+    sinks: dict[int, DirectSink] = field(default_factory=dict)
+    #: a base larger than the page cache comfortably holds: reads and writes go around the cache
     stream: bool = False
+    #: set when this filesystem refused to open a file for O_DIRECT writes
+    no_direct_writes: bool = False
 
     def _open(self, path: Path, flags: int, mode: int = 0o644) -> int:
         fd = os.open(path, flags, mode)
@@ -478,6 +493,17 @@ class _Run:
         try:
             return self._open(path, os.O_RDONLY | flag)
         except OSError:  # EINVAL: tmpfs and others
+            return None
+
+    def _sink(self, path: Path) -> DirectSink | None:
+        """An O_DIRECT writer of ``path`` (just created), where the platform and filesystem allow it."""
+        flag = getattr(os, "O_DIRECT", 0)
+        if not flag or self.no_direct_writes:
+            return None
+        try:
+            return DirectSink(self._open(path, os.O_WRONLY | flag))
+        except OSError:  # EINVAL: tmpfs and others
+            self.no_direct_writes = True
             return None
 
     def close(self, fd: int) -> None:
@@ -495,8 +521,6 @@ class _Run:
         end = max((e for _, e in placed.values()), default=0)
         for t in shard.tensors:
             header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": list(placed[t.name])}
-        head = encode_header(header)
-        dst_data = len(head)
         # a base that is still arriving (hf://) is merged shard by shard, as each one is verified
         if self.wait_for_shard is not None:
             src_path = self.wait_for_shard(shard.file, self.stopped)
@@ -507,19 +531,39 @@ class _Run:
             yield Call(lambda: begin(shard.file, index, len(self.plan.shards)))
         src_fd = self._open(src_path, os.O_RDONLY)
         direct_fd = self._open_direct(src_path) if self.stream else None
+        resident = Residency.of(src_fd) if direct_fd is not None else None
         first8 = os.pread(src_fd, 8, 0)
         src_data = 8 + header_length(first8)
         _check_unchanged(src_path, parse_safetensors_header(first8 + os.pread(src_fd, src_data - 8, 8)), shard)
-        dst_fd = self._open(self.out / shard.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        pwrite_all(dst_fd, head, 0)
+        head = encode_header(header, like=src_data)  # the base's data offsets modulo the block size
+        dst_data = len(head)
+        dst_path = self.out / shard.file
+        dst_fd = self._open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        sink = self._sink(dst_path) if direct_fd is not None else None
+        if sink is not None:
+            self.sinks[dst_fd] = sink
+            sink.write(0, memoryview(head))
+        else:
+            pwrite_all(dst_fd, head, 0)
+            self.behind[dst_fd] = WriteBehind(dst_fd, drop=self.stream, start=len(head))
         self.hashes[dst_fd] = StreamHash(head)
-        self.behind[dst_fd] = WriteBehind(dst_fd, drop=self.stream, start=len(head))
         run: list[int] = []  # [start, end, count, output start] of pending untouched bytes
 
-        def flush() -> Iterator[Copy]:
-            if run:
-                yield Copy(src_fd, dst_fd, run[1] - run[0], src_data + run[0], dst_data + run[3], run[2])
-                run.clear()
+        def flush() -> Iterator[Copy | Read]:
+            if not run:
+                return
+            length, src_off, dst_off, count = run[1] - run[0], src_data + run[0], dst_data + run[3], run[2]
+            run.clear()
+            if sink is None:
+                yield Copy(src_fd, dst_fd, length, src_off, dst_off, count)
+                return
+            # through the pipeline's buffers (read with O_DIRECT or from the cache, written with
+            # O_DIRECT, hashed from memory): no copy_file_range into a file written around the cache
+            for done in range(0, length, self.chunk_bytes):
+                n = min(self.chunk_bytes, length - done)
+                last = done + n == length
+                move = _Move(dst_fd, dst_off + done, count if last else 0)
+                yield Read(src_fd, src_off + done, n, move, direct_fd, resident)
 
         for t in sorted((t for t in shard.tensors if t.src_offsets), key=lambda t: t.src_offsets or (0, 0)):
             assert t.src_offsets is not None
@@ -533,9 +577,9 @@ class _Run:
                 continue
             yield from flush()
             source = _source(t, shard, src_fd, src_data, self.tensors)
-            direct = direct_fd if source.fd == src_fd else None
+            direct = (direct_fd, resident) if source.fd == src_fd else (None, None)
             yield from _tensor_reads(
-                t, source, dst_fd, dst_data + placed[t.name][0], self.blocking, self.chunk_bytes, direct
+                t, source, dst_fd, dst_data + placed[t.name][0], self.blocking, self.chunk_bytes, *direct
             )
         yield from flush()
         for t in shard.tensors:
@@ -546,6 +590,9 @@ class _Run:
                 )
 
         def finish() -> None:
+            if (done := self.sinks.pop(dst_fd, None)) is not None:
+                self.open_fds.discard(done.fd)
+                done.close()
             os.ftruncate(dst_fd, dst_data + end)
             stream = self.hashes.pop(dst_fd, None)
             self.behind.pop(dst_fd, None)
@@ -554,6 +601,8 @@ class _Run:
             self.close(src_fd)
             if direct_fd is not None:
                 self.close(direct_fd)
+            if resident is not None:
+                resident.close()
             self.finished.append(self.pool.submit(_finish_file, self.out / shard.file, shard.file, digest))
 
         yield Call(finish)
@@ -566,6 +615,18 @@ def _max_tile_elems(plan: MergePlan, blocking: Blocking) -> int:
         for t in shard.tensors:
             if carries_lora(t) and t.shape:
                 row = prod(t.shape[1:])
+                for block in blocking.ranges(t):
+                    most = max(most, max(t1 - t0 for t0, t1 in blocking.tiles(t, block)) * row)
+    return most
+
+
+def _max_tile_bytes(plan: MergePlan, blocking: Blocking) -> int:
+    """Bytes of the largest tile of rows read at once (a piece is whole tiles: one may pass the chunk size)."""
+    most = 0
+    for shard in plan.shards:
+        for t in shard.tensors:
+            if carries_lora(t) and t.shape:
+                row = prod(t.shape[1:]) * max(DTYPE_SIZES[t.dtype], DTYPE_SIZES[t.src_dtype])
                 for block in blocking.ranges(t):
                     most = max(most, max(t1 - t0 for t0, t1 in blocking.tiles(t, block)) * row)
     return most
@@ -584,17 +645,20 @@ def _merge_shards(run: _Run, delay: float, workers: int) -> list[str]:
     buffers = _TileBuffers(most)
     pipe = Pipeline(
         buffers=PIPELINE_BUFFERS + 2 * workers,
-        buffer_bytes=run.chunk_bytes,
+        buffer_bytes=max(run.chunk_bytes, _max_tile_bytes(run.plan, run.blocking)),
         advance=run.progress.advance,
         threads=run.overlap,
         stop=run.stopped,
         hashes=run.hashes,
         behind=run.behind,
+        sinks=run.sinks,
         drop_reads=run.stream,
     )
 
     def step(job: Read, buf: memoryview) -> Callable[[], Write]:
         p = job.payload
+        if isinstance(p, _Move):
+            return lambda: Write(p.dst_fd, p.dst_off, buf, tensors=p.tensors, release=buf)
         assert isinstance(p, _Piece)
         work = _PieceWork(deltas.addends(p), deltas.tile_work(p))  # in job order: block deltas, probes
 

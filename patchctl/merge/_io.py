@@ -22,10 +22,19 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
 }
 
 
-def encode_header(header: Mapping[str, Any]) -> bytes:
-    """``8-byte little-endian length + JSON``, the JSON padded with spaces to a multiple of 8."""
+def encode_header(header: Mapping[str, Any], *, like: int | None = None, align: int = 4096) -> bytes:
+    """``8-byte little-endian length + JSON``, the JSON padded with spaces to a multiple of 8.
+
+    ``like``: the data offset of the file this one is made from (8 + its header's length); the
+    padding then gives this header's data offset the same remainder modulo ``align`` (at most
+    ``align`` more spaces, which the format allows), so that a tensor's bytes lie at the same
+    offsets modulo ``align`` in both files: blocks read from the one with ``O_DIRECT`` can be
+    written to the other with ``O_DIRECT`` as they are (``DirectSink``). Not done when ``like``
+    is not a multiple of 8 (the JSON's length would not be either)."""
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
+    if like is not None and like % 8 == 0:
+        raw += b" " * ((like - 8 - len(raw)) % align)
     return struct.pack("<Q", len(raw)) + raw
 
 

@@ -15,6 +15,7 @@ independent of the threads' timing: the bytes are those of the sequential path.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import mmap
@@ -27,7 +28,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from patchctl.merge._copy import WriteBehind, copy_range, drop_cache, pread_exact, pwrite_all
+from patchctl.merge._copy import (
+    ALIGN,
+    DirectSink,
+    Residency,
+    WriteBehind,
+    copy_range,
+    drop_cache,
+    pread_exact,
+    pwrite_all,
+)
 
 __all__ = ["Call", "Copy", "Pipeline", "Read", "Step", "StreamHash", "Write"]
 
@@ -79,6 +89,8 @@ class Read:
     nbytes: int
     payload: Any = None
     direct_fd: int | None = None
+    #: which pages of ``fd`` the page cache holds: those are read from there, not with O_DIRECT
+    resident: Residency | None = None
 
 
 @dataclass(frozen=True)
@@ -116,8 +128,13 @@ class Call:
 #: prepares the work and returns the computation (run on a compute thread), giving the :class:`Write`
 Step = Callable[[Read, memoryview], Callable[[], Write]]
 
-#: O_DIRECT reads: offsets, lengths and buffer addresses in multiples of this
-ALIGN = 4096
+
+def _address(view: memoryview | mmap.mmap) -> int | None:
+    """The memory address of a writable buffer's first byte (None for a read-only one)."""
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(view))
+    except (TypeError, ValueError):
+        return None
 
 
 def _aligned_buffer(n: int) -> mmap.mmap:
@@ -148,6 +165,7 @@ class Pipeline:
         stop: threading.Event | None = None,
         hashes: dict[int, StreamHash] | None = None,
         behind: dict[int, WriteBehind] | None = None,
+        sinks: dict[int, DirectSink] | None = None,
         drop_reads: bool = False,
     ) -> None:
         #: False: read, compute and write in turn on the caller's thread (the reference for tests)
@@ -157,6 +175,9 @@ class Pipeline:
         self._pool: queue.Queue[mmap.mmap] = queue.Queue()
         for _ in range(buffers):
             self._pool.put(_aligned_buffer(self._buffer_bytes))
+        #: bytes read from the page cache and with O_DIRECT (streaming: see :meth:`_fill`)
+        self.cached_bytes = 0
+        self.direct_bytes = 0
         #: set when an O_DIRECT read was refused (EINVAL): the buffered descriptors from then on
         self._no_direct = False
         self._ready: queue.Queue[Any] = queue.Queue(maxsize=buffers)
@@ -170,6 +191,8 @@ class Pipeline:
         self._hashes = hashes if hashes is not None else {}
         #: output fd -> its write-behind (registered with its hash, see WriteBehind)
         self._behind = behind if behind is not None else {}
+        #: output fd -> its O_DIRECT writer (instead of ``pwrite`` on the fd itself)
+        self._sinks = sinks if sinks is not None else {}
         #: drop what is read from the page cache once read (a base larger than the cache)
         self._drop_reads = drop_reads
 
@@ -215,37 +238,63 @@ class Pipeline:
             self._fail(exc)
 
     def _fill(self, job: Read, buf: mmap.mmap) -> memoryview:
-        """Read ``job`` into ``buf`` (a pooled buffer; a one-off one when the job is larger)."""
+        """Read ``job`` into ``buf`` (a pooled buffer; a one-off one when the job is larger), at
+        the position its offset has modulo :data:`ALIGN` (where an O_DIRECT read puts it, and where
+        a :class:`DirectSink` can write it from). With a ``direct_fd``, bytes that the page cache
+        holds (``resident``) are copied from there: a base just written or read is not read from
+        the disk again; the others are read with ``O_DIRECT``."""
         if job.nbytes + 2 * ALIGN > len(buf):  # a row larger than a buffer: a one-off buffer
             self._pool.put(buf)
             buf = _aligned_buffer(job.nbytes + 2 * ALIGN)
         view = memoryview(buf)
-        if job.direct_fd is not None and not self._no_direct:
-            start = job.offset - job.offset % ALIGN
+        start = job.offset - job.offset % ALIGN
+        data = view[job.offset - start : job.offset - start + job.nbytes]
+        cached = job.resident is not None and job.resident.holds(job.offset, job.nbytes)
+        if job.direct_fd is not None and not self._no_direct and not cached:
             end = -(-(job.offset + job.nbytes) // ALIGN) * ALIGN
             try:
                 _pread_direct(job.direct_fd, view[: end - start], start, job.offset + job.nbytes - start)
-                return view[job.offset - start : job.offset - start + job.nbytes]
+                self.direct_bytes += job.nbytes
+                return data
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
                 self._no_direct = True  # this filesystem or device refuses these reads
-        pread_exact(job.fd, job.nbytes, job.offset, view)
-        if self._drop_reads:
+        pread_exact(job.fd, job.nbytes, job.offset, data)
+        if cached:
+            self.cached_bytes += job.nbytes
+        elif self._drop_reads:
             drop_cache(job.fd, job.offset, job.nbytes)
-        return view[: job.nbytes]
+        return data
 
     def _write(self, job: Write | Copy | Call) -> None:
         """The I/O of a job (writer thread); :meth:`_after` does the rest."""
         if isinstance(job, Write):
             view = memoryview(job.data).cast("B")
+            if (sink := self._sinks.get(job.fd)) is not None:
+                sink.write(job.offset, view, *self._region(view, job.release))
+                return
             pwrite_all(job.fd, view, job.offset)
             if (wb := self._behind.get(job.fd)) is not None:
                 wb.wrote(job.offset, len(view))
         elif isinstance(job, Copy):
+            if (sink := self._sinks.get(job.dst)) is not None:  # through a buffer (not planned: Reads instead)
+                for done in range(0, job.length, 1 << 20):
+                    n = min(1 << 20, job.length - done)
+                    sink.write(job.dst_off + done, memoryview(pread_exact(job.src, n, job.src_off + done)))
+                return
             copy_range(job.src, job.dst, job.length, job.src_off, job.dst_off)
             if (wb := self._behind.get(job.dst)) is not None:
                 wb.wrote(job.dst_off, job.length)
+
+    def _region(self, view: memoryview, release: memoryview | None) -> tuple[memoryview | None, int]:
+        """The pooled buffer that ``view`` lies in and where (for :meth:`DirectSink.write`), or (None, 0)."""
+        buf = release.obj if release is not None else None
+        if not isinstance(buf, mmap.mmap) or (base := _address(buf)) is None or (addr := _address(view)) is None:
+            return None, 0
+        if not (base <= addr and addr - base + len(view) <= len(buf)):
+            return None, 0
+        return memoryview(buf), addr - base
 
     def _after(self, job: Write | Copy | Call) -> None:
         """Once a job is written (hasher thread, in job order): hash what it wrote, give its buffer

@@ -150,3 +150,128 @@ def test_write_behind_sends_windows_to_disk_and_gives_up_out_of_order(tmp_path: 
         os.close(fd)
     assert path.stat().st_size == (3 * WriteBehind.WINDOW // (1 << 20) + 1) << 20
     assert ALIGN == 4096
+
+
+def _direct_writer(path: Path) -> int:
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
+    except (OSError, AttributeError):
+        pytest.skip("this filesystem does not open files for O_DIRECT")
+
+
+@pytest.mark.parametrize("head", [0, 8, 4096, 5000])
+def test_direct_sink_writes_any_sequence_of_writes_exactly(tmp_path: Path, head: int) -> None:
+    """Writes of any length after a header of any length, some from a larger buffer at the
+    file's alignment (written from there), some not (through the stage): the file is their
+    concatenation, cut to its size."""
+    import mmap
+    import random
+
+    from patchctl.merge._copy import DirectSink
+
+    rng = random.Random(head)
+    path = tmp_path / "out.bin"
+    sink = DirectSink(_direct_writer(path), stage_bytes=3 * ALIGN)  # a small stage: writes larger than it
+    expected = bytearray(os.urandom(head))
+    sink.write(0, memoryview(bytes(expected)))
+    for _ in range(60):
+        n = rng.choice([1, 7, ALIGN - 1, ALIGN, ALIGN + 3, 5 * ALIGN + 11, 40_000])
+        data = os.urandom(n)
+        offset = len(expected)
+        if rng.random() < 0.6:  # in a pooled-like buffer, at the position the file offset has
+            region = mmap.mmap(-1, n + 2 * ALIGN)
+            pos = offset % ALIGN + ALIGN * rng.randint(0, 1)
+            region[pos : pos + n] = data
+            view = memoryview(region)
+            sink.write(offset, view[pos : pos + n], view, pos)
+        else:
+            sink.write(offset, memoryview(data))
+        expected += data
+    sink.close()
+    assert path.read_bytes() == bytes(expected)
+    assert sink.size == len(expected)
+    assert sink.direct_writes > 0  # the zero-copy path was taken
+
+
+def test_direct_sink_refuses_a_write_out_of_order(tmp_path: Path) -> None:
+    from patchctl.merge._copy import DirectSink
+
+    sink = DirectSink(_direct_writer(tmp_path / "out.bin"))
+    sink.write(0, memoryview(b"x" * 10))
+    with pytest.raises(ValueError, match="must follow each other"):
+        sink.write(20, memoryview(b"y"))
+    sink.close()
+    assert (tmp_path / "out.bin").read_bytes() == b"x" * 10
+
+
+def _evicted(path: Path) -> bool:
+    """Drop ``path``'s pages from the page cache; whether that worked (not on tmpfs)."""
+    from patchctl.merge._copy import Residency
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        res = Residency.of(fd)
+        if res is None:
+            return False
+        try:
+            return not res.holds(0, path.stat().st_size)
+        finally:
+            res.close()
+    finally:
+        os.close(fd)
+
+
+def test_residency_tells_what_the_page_cache_holds_and_reads_follow_it(tmp_path: Path) -> None:
+    """A streamed read takes resident pages from the cache and the others with O_DIRECT (which
+    leaves them out of the cache); mincore asks without bringing anything in."""
+    from patchctl.merge._copy import Residency
+
+    data = os.urandom(64 * ALIGN + 100)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    if not _evicted(path):
+        pytest.skip("this filesystem keeps its files in the page cache")
+    fd, dfd = os.open(path, os.O_RDONLY), _direct_fd(path)
+    res = Residency.of(fd)
+    assert res is not None
+    try:
+        assert not res.holds(0, len(data)) and not res.holds(10 * ALIGN, 1)
+        assert not res.holds(0, len(data))  # asking brought nothing in
+        pipe = Pipeline(buffers=2, buffer_bytes=32 * ALIGN, advance=lambda t, n: None)
+        view = pipe._fill(Read(fd, 5, 20 * ALIGN, direct_fd=dfd, resident=res), pipe._pool.get_nowait())
+        assert bytes(view) == data[5 : 5 + 20 * ALIGN]
+        assert (pipe.direct_bytes, pipe.cached_bytes) == (20 * ALIGN, 0)
+        assert not res.holds(5, 20 * ALIGN)  # O_DIRECT left the cache alone
+        pipe.release(view)
+        os.pread(fd, 30 * ALIGN, 30 * ALIGN)  # now these pages are cached
+        assert res.holds(30 * ALIGN + 1, 29 * ALIGN)
+        view = pipe._fill(Read(fd, 30 * ALIGN + 1, 29 * ALIGN, direct_fd=dfd, resident=res), pipe._pool.get_nowait())
+        assert bytes(view) == data[30 * ALIGN + 1 : 59 * ALIGN + 1]
+        assert (pipe.direct_bytes, pipe.cached_bytes) == (20 * ALIGN, 29 * ALIGN)
+    finally:
+        res.close()
+        os.close(fd)
+        os.close(dfd)
+
+
+@pytest.mark.parametrize("like", [8 + 80, 8 + 4096 * 3 + 16, 8 + 3000])
+def test_a_header_padded_like_another_file_is_read_by_safetensors(tmp_path: Path, like: int) -> None:
+    """The output header gets the base's data offset modulo the block size (spaces after the JSON,
+    which the format allows); the real safetensors reader and torch take the file as it is."""
+    import torch
+    from safetensors import safe_open
+
+    from patchctl.merge._io import encode_header
+
+    values = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    header = {"t": {"dtype": "F32", "shape": [3, 4], "data_offsets": [0, 48]}}
+    head = encode_header(header, like=like)
+    assert len(head) % ALIGN == like % ALIGN and len(head) % 8 == 0
+    assert 0 <= len(head) - len(encode_header(header)) < ALIGN  # the fewest spaces that do it
+    path = tmp_path / "t.safetensors"
+    path.write_bytes(head + values.numpy().tobytes())
+    with safe_open(str(path), framework="pt") as f:
+        assert torch.equal(f.get_tensor("t"), values)
+    assert len(encode_header({"t": {}}, like=8 + 3)) % 8 == 0  # not a multiple of 8: no padding to it
