@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import mmap
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "CHUNK",
     "HashCache",
+    "Residency",
     "atomic_write_bytes",
     "atomic_write_text",
     "bypasses_page_cache",
@@ -42,12 +46,76 @@ def bypasses_page_cache(total_bytes: int) -> bool:
     return total_bytes > ram // 4
 
 
+class Residency:
+    """Which parts of a file the page cache holds, asked without reading them: ``mincore`` on a
+    mapping of the file that is never touched (a read with ``RWF_NOWAIT`` would start readahead
+    of what is missing, filling the cache it is meant to go around). Linux; elsewhere
+    :meth:`of` gives None."""
+
+    _libc: Any = None
+    #: bytes -> bytes: 1 where a page is resident (bit 0 of mincore's answer), 0 elsewhere
+    _BIT0 = bytes(i & 1 for i in range(256))
+
+    def __init__(self, addr: int, size: int) -> None:
+        self._addr = addr
+        self._size = size
+        self._page = mmap.PAGESIZE
+
+    @classmethod
+    def _lib(cls) -> Any:
+        if cls._libc is None:
+            cls._libc = False
+            if sys.platform.startswith("linux"):
+                try:
+                    libc = ctypes.CDLL(None, use_errno=True)
+                    libc.mmap.restype = ctypes.c_void_p
+                    libc.mmap.argtypes = [
+                        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long,
+                    ]  # fmt: skip
+                    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+                    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+                    cls._libc = libc
+                except (OSError, AttributeError):
+                    pass
+        return cls._libc
+
+    @classmethod
+    def of(cls, fd: int) -> Residency | None:
+        """A residency map of ``fd`` (opened for reading), or None where it cannot be had."""
+        libc = cls._lib()
+        size = os.fstat(fd).st_size
+        if not libc or size == 0:
+            return None
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr is None or addr == ctypes.c_void_p(-1).value:
+            return None
+        return cls(addr, size)
+
+    def holds(self, offset: int, length: int) -> bool:
+        """Whether every page of ``[offset, offset + length)`` is in the page cache now."""
+        start = offset - offset % self._page
+        end = min(self._size, offset + length)
+        if end <= start:
+            return True
+        pages = -(-(end - start) // self._page)
+        vec = ctypes.create_string_buffer(pages)
+        if self._libc.mincore(ctypes.c_void_p(self._addr + start), end - start, vec) != 0:
+            return False
+        return vec.raw.translate(self._BIT0).count(0) == 0
+
+    def close(self) -> None:
+        if self._addr:
+            self._libc.munmap(ctypes.c_void_p(self._addr), self._size)
+            self._addr = 0
+
+
 def read_chunks(path: Path, chunk_size: int = CHUNK, *, direct: bool = False) -> Iterator[memoryview]:
     """The bytes of ``path`` in order, ``chunk_size`` at a time, as views of reused buffers (each
     valid until the next is taken). ``direct``: read with ``O_DIRECT`` where the platform and
     filesystem allow it (from the disk into aligned buffers: no copy, no page cache; the next
     chunk is read on another thread while this one is used, as the kernel's readahead would),
-    else through the cache. ``chunk_size`` must then be a multiple of 4096."""
+    else through the cache; chunks that the page cache holds are copied from there (:class:`Residency`).
+    ``chunk_size`` must then be a multiple of 4096."""
     fd = -1
     flag: int = getattr(os, "O_DIRECT", 0)
     if direct and flag and chunk_size % _DIRECT_ALIGN == 0:
@@ -72,6 +140,8 @@ def _direct_chunks(path: Path, fd: int, chunk_size: int) -> Iterator[memoryview]
     import threading
 
     bufs = [mmap.mmap(-1, chunk_size) for _ in range(3)]  # page-aligned, as O_DIRECT needs
+    cached_fd = os.open(path, os.O_RDONLY)
+    resident = Residency.of(cached_fd)
     ready: queue.Queue[tuple[int, int] | BaseException | None] = queue.Queue(maxsize=1)
     stop = threading.Event()
 
@@ -88,7 +158,10 @@ def _direct_chunks(path: Path, fd: int, chunk_size: int) -> Iterator[memoryview]
         pos, i = 0, 0
         try:
             while True:
-                n = os.preadv(fd, [bufs[i % 3]], pos)
+                if resident is not None and resident.holds(pos, chunk_size):
+                    n = _read_full(cached_fd, memoryview(bufs[i % 3]), pos)
+                else:
+                    n = os.preadv(fd, [bufs[i % 3]], pos)
                 if n == 0 or not put((i % 3, n)):
                     break
                 pos, i = pos + n, i + 1
@@ -116,7 +189,18 @@ def _direct_chunks(path: Path, fd: int, chunk_size: int) -> Iterator[memoryview]
         stop.set()
         thread.join()
         os.close(fd)
+        os.close(cached_fd)
+        if resident is not None:
+            resident.close()
     yield from read_chunks(path, chunk_size)
+
+
+def _read_full(fd: int, view: memoryview, offset: int) -> int:
+    """Read into all of ``view`` at ``offset``, short only at the end of the file."""
+    done = 0
+    while done < len(view) and (n := os.preadv(fd, [view[done:]], offset + done)):
+        done += n
+    return done
 
 
 def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:

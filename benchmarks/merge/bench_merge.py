@@ -446,9 +446,35 @@ def run_hub(workdir: Path, shape: Shape, results: dict[str, Any]) -> None:
         shutil.rmtree(adapter, ignore_errors=True)
 
 
+def page_cache(base: Path, *, cached: bool) -> None:
+    """Put the base's files in the page cache (read them once) or evict them from it
+    (``POSIX_FADV_DONTNEED`` after a sync: no root needed), so that every run of a pair starts
+    from the same state. ``cp -r`` reads through the cache; the engine, for a base this large,
+    reads what the cache holds from there and the rest with O_DIRECT."""
+    os.sync()
+    buf = bytearray(16 << 20)
+    for f in sorted(base.iterdir()):
+        if not f.is_file():
+            continue
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            if cached:
+                while os.readv(fd, [buf]):
+                    pass
+            else:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+#: the large base's runs: (label suffix, base in the page cache)
+CACHE_STATES = (("in page cache", True), ("not cached", False))
+
+
 def run_big(workdir: Path, shape: Shape, results: dict[str, Any]) -> None:
     """The Llama-3-8B-shaped base: cp -r, then patchctl install of a rank-16 LoRA on every linear
-    module plus an embedding LoRA on embed_tokens (its fp32 delta alone is 2 GiB)."""
+    module plus an embedding LoRA on embed_tokens (its fp32 delta alone is 2 GiB); each with the
+    base in the page cache (as after a download or a first read) and evicted from it."""
     base = make_base(shape, workdir / f"base-{shape.name}", fast=True)
     adapter = make_adapter(shape, base, workdir / f"lora-{shape.name}", embedding=True)
     size = dir_bytes(base)
@@ -456,19 +482,22 @@ def run_big(workdir: Path, shape: Shape, results: dict[str, Any]) -> None:
     cache = {"PATCHCTL_CACHE_DIR": str(workdir / "user-cache-big")}
     shutil.rmtree(workdir / "user-cache-big", ignore_errors=True)
     try:
-        results["rows"].append(_row("cp -r", shape, size, cp_cmd(base, workdir / "out-cp")))
-        shutil.rmtree(workdir / "out-cp")
+        for state, cached in CACHE_STATES:
+            page_cache(base, cached=cached)
+            results["rows"].append(_row(f"cp -r ({state})", shape, size, cp_cmd(base, workdir / "out-cp")))
+            shutil.rmtree(workdir / "out-cp")
+        page_cache(base, cached=True)
         results["rows"].append(
-            _row("patchctl install", shape, size, engine_cmd(adapter, base, workdir / "out-big"), cache)
+            _row("patchctl install (in page cache)", shape, size, engine_cmd(adapter, base, workdir / "out-big"), cache)
         )
         shutil.rmtree(workdir / "out-big")
         shutil.rmtree(workdir / "out-big-home")
         register_base(base, workdir / "out-big")
-        results["rows"].append(
-            _row(
-                "patchctl install (base registered)", shape, size, engine_cmd(adapter, base, workdir / "out-big"), cache
-            )
-        )
+        for state, cached in CACHE_STATES:
+            shutil.rmtree(workdir / "out-big", ignore_errors=True)
+            page_cache(base, cached=cached)
+            cmd = engine_cmd(adapter, base, workdir / "out-big")
+            results["rows"].append(_row(f"patchctl install (base registered, {state})", shape, size, cmd, cache))
     finally:
         for p in ("out-cp", "out-big", "out-big-home", "user-cache-big"):
             shutil.rmtree(workdir / p, ignore_errors=True)
@@ -519,18 +548,22 @@ def run(workdir: Path, small: bool, cases: tuple[str, ...] = ("1gb", "4gb", "hub
         ratios["wall_registered_over_peft"] = reg["wall_s"] / peft["wall_s"]
         targets["1 GB (base registered): wall <= 0.3x PEFT"] = ratios["wall_registered_over_peft"] <= 0.3
     name8 = "small-b" if small else "llama3-8b"
-    cp8, ours8 = rows.get(("cp -r", name8)), rows.get(("patchctl install", name8))
-    reg8 = rows.get(("patchctl install (base registered)", name8))
-    if cp8 and ours8:
-        ratios["llama3_8b_wall_over_cp"] = ours8["wall_s"] / cp8["wall_s"]
-        ratios["llama3_8b_synced_over_cp_synced"] = ours8["wall_synced_s"] / cp8["wall_synced_s"]
-        targets["Llama-3-8B: wall <= 1.3x cp -r"] = ratios["llama3_8b_wall_over_cp"] <= 1.3
-        targets["Llama-3-8B: peak RSS <= 600 MiB"] = ours8["peak_rss_mib"] <= 600
-    if cp8 and reg8:
-        ratios["llama3_8b_registered_over_cp"] = reg8["wall_s"] / cp8["wall_s"]
-        ratios["llama3_8b_registered_synced_over_cp_synced"] = reg8["wall_synced_s"] / cp8["wall_synced_s"]
-        targets["Llama-3-8B (base registered): wall <= 1.3x cp -r"] = ratios["llama3_8b_registered_over_cp"] <= 1.3
-        targets["Llama-3-8B (base registered): peak RSS <= 600 MiB"] = reg8["peak_rss_mib"] <= 600
+    cold8 = rows.get(("patchctl install (in page cache)", name8))
+    for state, _ in CACHE_STATES:
+        cp8 = rows.get((f"cp -r ({state})", name8))
+        reg8 = rows.get((f"patchctl install (base registered, {state})", name8))
+        key = state.replace(" ", "_")
+        if cp8 and reg8:
+            ratios[f"llama3_8b_registered_over_cp_{key}"] = reg8["wall_s"] / cp8["wall_s"]
+            ratios[f"llama3_8b_registered_synced_over_cp_synced_{key}"] = reg8["wall_synced_s"] / cp8["wall_synced_s"]
+            targets[f"Llama-3-8B (base registered, {state}): wall <= 1.3x cp -r"] = (
+                reg8["wall_s"] / cp8["wall_s"] <= 1.3
+            )
+            targets[f"Llama-3-8B (base registered, {state}): peak RSS <= 600 MiB"] = reg8["peak_rss_mib"] <= 600
+        if cp8 and cold8 and state == "in page cache":
+            ratios["llama3_8b_wall_over_cp_in_page_cache"] = cold8["wall_s"] / cp8["wall_s"]
+            targets["Llama-3-8B (in page cache): wall <= 1.3x cp -r"] = cold8["wall_s"] / cp8["wall_s"] <= 1.3
+            targets["Llama-3-8B: peak RSS <= 600 MiB"] = cold8["peak_rss_mib"] <= 600
     results["ratios"] = ratios
     results["targets_met"] = targets
     return results

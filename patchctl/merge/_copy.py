@@ -9,7 +9,8 @@ import mmap
 import os
 import sys
 from pathlib import Path
-from typing import Any
+
+from patchctl._fs import Residency
 
 __all__ = [
     "ALIGN",
@@ -230,66 +231,3 @@ class DirectSink:
             os.close(self.fd)
             self._view.release()
             self._stage.close()
-
-
-class Residency:
-    """Which parts of a file the page cache holds, asked without reading them: ``mincore`` on a
-    mapping of the file that is never touched (a read with ``RWF_NOWAIT`` would start readahead
-    of what is missing, filling the cache it is meant to go around). Linux; elsewhere
-    :meth:`of` gives None."""
-
-    _libc: Any = None
-    #: bytes -> bytes: 1 where a page is resident (bit 0 of mincore's answer), 0 elsewhere
-    _BIT0 = bytes(i & 1 for i in range(256))
-
-    def __init__(self, addr: int, size: int) -> None:
-        self._addr = addr
-        self._size = size
-        self._page = mmap.PAGESIZE
-
-    @classmethod
-    def _lib(cls) -> Any:
-        if cls._libc is None:
-            cls._libc = False
-            if sys.platform.startswith("linux"):
-                try:
-                    libc = ctypes.CDLL(None, use_errno=True)
-                    libc.mmap.restype = ctypes.c_void_p
-                    libc.mmap.argtypes = [
-                        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long,
-                    ]  # fmt: skip
-                    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-                    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-                    cls._libc = libc
-                except (OSError, AttributeError):
-                    pass
-        return cls._libc
-
-    @classmethod
-    def of(cls, fd: int) -> Residency | None:
-        """A residency map of ``fd`` (opened for reading), or None where it cannot be had."""
-        libc = cls._lib()
-        size = os.fstat(fd).st_size
-        if not libc or size == 0:
-            return None
-        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-        if addr is None or addr == ctypes.c_void_p(-1).value:
-            return None
-        return cls(addr, size)
-
-    def holds(self, offset: int, length: int) -> bool:
-        """Whether every page of ``[offset, offset + length)`` is in the page cache now."""
-        start = offset - offset % self._page
-        end = min(self._size, offset + length)
-        if end <= start:
-            return True
-        pages = -(-(end - start) // self._page)
-        vec = ctypes.create_string_buffer(pages)
-        if self._libc.mincore(ctypes.c_void_p(self._addr + start), end - start, vec) != 0:
-            return False
-        return vec.raw.translate(self._BIT0).count(0) == 0
-
-    def close(self) -> None:
-        if self._addr:
-            self._libc.munmap(ctypes.c_void_p(self._addr), self._size)
-            self._addr = 0

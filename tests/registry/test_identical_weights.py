@@ -8,6 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
 from safetensors import safe_open
 
 from patchctl import api
@@ -93,3 +94,29 @@ def test_read_chunks_direct_gives_the_file_in_order(tmp_path: Path) -> None:
         path.write_bytes(data)
         for direct in (False, True):
             assert b"".join(bytes(c) for c in read_chunks(path, 8192, direct=direct)) == data
+
+
+def test_read_chunks_direct_takes_cached_chunks_from_the_cache_and_leaves_the_rest_out(tmp_path: Path) -> None:
+    """A file partly in the page cache: its chunks are right either way, the cached ones stay
+    cached, and the O_DIRECT reads bring nothing into the cache."""
+    from patchctl._fs import Residency, read_chunks
+
+    chunk = 8192
+    data = os.urandom(10 * chunk + 123)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        res = Residency.of(fd)
+        if res is None or res.holds(0, len(data)):
+            pytest.skip("no residency map, or a filesystem that keeps files in the page cache")
+        os.pread(fd, 2 * chunk, 4 * chunk)  # chunks 4 and 5 are cached now
+        assert res.holds(4 * chunk, 2 * chunk)
+        assert b"".join(bytes(c) for c in read_chunks(path, chunk, direct=True)) == data
+        assert res.holds(4 * chunk, 2 * chunk)
+        assert not res.holds(0, chunk) and not res.holds(8 * chunk, chunk)
+        res.close()
+    finally:
+        os.close(fd)
