@@ -1,14 +1,19 @@
 """Executing a merge plan: stream each base shard into its output shard in bounded memory.
 
-Untouched tensors are copied as byte ranges in the kernel (``copy_file_range``): the output
-shard keeps the base's header order and data offsets, so runs of untouched tensors are one
-copy each. Touched tensors are read in chunks of rows with plain reads (no mmap, so the page
-cache does not show up as our RSS), merged exactly as PEFT's ``merge_and_unload`` does, and
-written in place. Reading, computing and writing overlap (``_pipeline``: a reader thread, this
+The output shard keeps the base's header order and data offsets (its header padded so that
+they keep their alignment too), so runs of untouched tensors are one range each. Touched tensors
+are read in chunks of rows (no mmap, so the page cache does not show up as our RSS), merged
+exactly as PEFT's ``merge_and_unload`` does, and written in place. The output is written with
+``O_DIRECT`` where the filesystem allows it (:class:`~patchctl.merge._copy.DirectSink`: no copy
+into the page cache and no dirty pages to reclaim and flush, which cost more CPU than the merge),
+mostly from the very buffers the pieces were read and merged in; the base is read from the page
+cache where it is there (:class:`~patchctl._fs.Residency`), else with ``O_DIRECT``. Elsewhere,
+reads and writes go through the cache, untouched ranges are copied in the kernel
+(``copy_file_range``), and for a base larger than a quarter of the RAM both are dropped from
+the cache behind the merge (:func:`~patchctl._fs.bypasses_page_cache`). Reading, computing and writing overlap (``_pipeline``: a reader thread, this
 thread preparing each piece in order, compute threads, a writer and a hasher thread, a bounded
 pool of buffers); LoRA deltas are computed a block of rows at a time where the whole one would
-not fit the memory budget (``_blocks``, ``_delta``). A base larger than a quarter of the RAM is
-read with ``O_DIRECT`` and its output dropped from the page cache behind the merge (:func:`~patchctl._fs.bypasses_page_cache`).
+not fit the memory budget (``_blocks``, ``_delta``).
 
 PEFT semantics (``peft/tuners/lora/layer.py``, adapter weights loaded as fp32 by default):
 
@@ -100,7 +105,7 @@ class _Source:
 @dataclass(frozen=True)
 class _Move:
     """Untouched bytes read through the pipeline's buffers and written at ``dst_off`` of ``dst_fd``
-    as they are (a streamed merge: see :class:`~patchctl.merge._copy.DirectSink`)."""
+    as they are (an O_DIRECT output: see :class:`~patchctl.merge._copy.DirectSink`)."""
 
     dst_fd: int
     dst_off: int
@@ -473,10 +478,12 @@ class _Run:
     hashes: dict[int, StreamHash] = field(default_factory=dict)
     #: output shard fd -> its write-behind (sent to disk as written; dropped from the cache when streaming)
     behind: dict[int, WriteBehind] = field(default_factory=dict)
-    #: output shard fd -> its O_DIRECT writer (streaming: written around the page cache)
+    #: output shard fd -> its O_DIRECT writer (written around the page cache)
     sinks: dict[int, DirectSink] = field(default_factory=dict)
-    #: a base larger than the page cache comfortably holds: reads and writes go around the cache
-    stream: bool = False
+    #: O_DIRECT: the output written around the page cache, the base read around it where not cached
+    direct: bool = True
+    #: a base larger than the page cache comfortably holds: what goes through the cache is dropped behind
+    drop: bool = False
     #: set when this filesystem refused to open a file for O_DIRECT writes
     no_direct_writes: bool = False
 
@@ -530,7 +537,7 @@ class _Run:
         if begin is not None:
             yield Call(lambda: begin(shard.file, index, len(self.plan.shards)))
         src_fd = self._open(src_path, os.O_RDONLY)
-        direct_fd = self._open_direct(src_path) if self.stream else None
+        direct_fd = self._open_direct(src_path) if self.direct else None
         resident = Residency.of(src_fd) if direct_fd is not None else None
         first8 = os.pread(src_fd, 8, 0)
         src_data = 8 + header_length(first8)
@@ -545,7 +552,7 @@ class _Run:
             sink.write(0, memoryview(head))
         else:
             pwrite_all(dst_fd, head, 0)
-            self.behind[dst_fd] = WriteBehind(dst_fd, drop=self.stream, start=len(head))
+            self.behind[dst_fd] = WriteBehind(dst_fd, drop=self.drop, start=len(head))
         self.hashes[dst_fd] = StreamHash(head)
         run: list[int] = []  # [start, end, count, output start] of pending untouched bytes
 
@@ -557,7 +564,7 @@ class _Run:
             if sink is None:
                 yield Copy(src_fd, dst_fd, length, src_off, dst_off, count)
                 return
-            # through the pipeline's buffers (read with O_DIRECT or from the cache, written with
+            # through the pipeline's buffers (read from the cache or with O_DIRECT, written with
             # O_DIRECT, hashed from memory): no copy_file_range into a file written around the cache
             for done in range(0, length, self.chunk_bytes):
                 n = min(self.chunk_bytes, length - done)
@@ -652,7 +659,7 @@ def _merge_shards(run: _Run, delay: float, workers: int) -> list[str]:
         hashes=run.hashes,
         behind=run.behind,
         sinks=run.sinks,
-        drop_reads=run.stream,
+        drop_reads=run.drop,
     )
 
     def step(job: Read, buf: memoryview) -> Callable[[], Write]:
@@ -745,7 +752,7 @@ def execute_merge(
     wait_for_shard: Callable[[str, threading.Event], Path] | None = None,
     overlap: bool = True,
     threads: int | None = None,
-    stream: bool | None = None,
+    direct: bool = True,
 ) -> MergeResult:
     """Write the merged model described by ``plan`` to ``out_dir`` (atomically; see the module doc).
 
@@ -758,8 +765,9 @@ def execute_merge(
     give up (raise) once ``stopped`` is set (the merge failed or was interrupted). ``overlap=False``
     reads, computes and writes in turn on this thread (same bytes; the reference for tests).
     ``threads``: compute threads (default :func:`compute_threads`; the bytes do not depend on it).
-    ``stream``: drop what is read and written from the page cache behind the merge (default:
-    :func:`~patchctl._fs.bypasses_page_cache` of the plan's size; the bytes do not depend on it).
+    ``direct``: write the output with ``O_DIRECT`` and read what of the base the page cache does not
+    hold with it too, where the filesystem allows it (see the module doc; False: everything through
+    the cache, as for a filesystem that refuses it). The bytes do not depend on it.
     """
     started = time.monotonic()
     progress = progress or NullProgress()
@@ -781,9 +789,18 @@ def execute_merge(
         if base_weights_sha256 is None:
             base_hashes = [(s.file, pool.submit(_sha256, plan.base_dir / s.file)) for s in plan.shards]
         tensors = _AdapterTensors(plan.adapter.weights_path, plan.adapter.header)
-        stream = bypasses_page_cache(plan.total_bytes) if stream is None else stream
         run = _Run(
-            plan, tmp, tensors, blocking, ROW_CHUNK_BYTES, progress, pool, wait_for_shard, overlap, stream=stream
+            plan,
+            tmp,
+            tensors,
+            blocking,
+            ROW_CHUNK_BYTES,
+            progress,
+            pool,
+            wait_for_shard,
+            overlap,
+            direct=direct,
+            drop=bypasses_page_cache(plan.total_bytes),
         )
         progress.start(plan.total_tensors, plan.total_bytes)
         try:

@@ -175,7 +175,7 @@ class Pipeline:
         self._pool: queue.Queue[mmap.mmap] = queue.Queue()
         for _ in range(buffers):
             self._pool.put(_aligned_buffer(self._buffer_bytes))
-        #: bytes read from the page cache and with O_DIRECT (streaming: see :meth:`_fill`)
+        #: bytes read from the page cache and with O_DIRECT (see :meth:`_fill`)
         self.cached_bytes = 0
         self.direct_bytes = 0
         #: set when an O_DIRECT read was refused (EINVAL): the buffered descriptors from then on

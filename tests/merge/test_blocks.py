@@ -116,12 +116,12 @@ def test_a_blocking_whose_probe_differs_is_merged_whole(
     assert all(torch.equal(t, reference[n]) for n, t in ours.items())
 
 
-def test_a_streamed_merge_writes_the_reads_buffers_as_they_are(
+def test_an_o_direct_merge_writes_the_buffers_it_read_and_merged_in_as_they_are(
     pico_llama_sharded: Path, llama_adapter: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Streamed, the output's header gets the base's data offset modulo the block size, so the
-    O_DIRECT writer writes most pieces from the buffers they were read and merged in (no copy);
-    the bytes are those of the merge through the page cache."""
+    """The output's header gets the base's data offset modulo the block size, so the O_DIRECT
+    writer writes pieces from the buffers they were read and merged in (no copy); the bytes are
+    those of the merge through the page cache."""
     from patchctl.merge._copy import DirectSink
 
     sinks: list[DirectSink] = []
@@ -133,8 +133,8 @@ def test_a_streamed_merge_writes_the_reads_buffers_as_they_are(
 
     monkeypatch.setattr(_execute, "DirectSink", Recorded)
     plan = plan_merge(read_adapter(llama_adapter), pico_llama_sharded)
-    a = execute_merge(plan, tmp_path / "cached", provenance={}, stream=False)
-    b = execute_merge(plan, tmp_path / "streamed", provenance={}, stream=True)
+    a = execute_merge(plan, tmp_path / "cached", provenance={}, direct=False)
+    b = execute_merge(plan, tmp_path / "streamed", provenance={}, direct=True)
     if not sinks:
         pytest.skip("this filesystem does not open files for O_DIRECT")
     assert len(sinks) == len(plan.shards)
@@ -160,11 +160,11 @@ def test_overlapped_io_writes_the_bytes_of_the_sequential_path(
     for i, (base, adapter) in enumerate(cases):
         plan = plan_merge(read_adapter(adapter), base)
         a = execute_merge(plan, tmp_path / f"seq{i}", provenance={}, blocking=PICO_BLOCKS, overlap=False)
-        # one and several compute threads; reads through the page cache, and streamed (what a base
-        # larger than a quarter of the RAM gets: O_DIRECT writes, the base read from the cache
-        # where it is there, else with O_DIRECT): once cached, once evicted first
-        for j, (threads, stream) in enumerate([(None, False), (1, False), (3, True), (2, "evicted")]):
-            if stream == "evicted":
+        # one and several compute threads; everything through the page cache, and O_DIRECT (the
+        # output written with it, the base read from the cache where it is there, else with it):
+        # once cached, once evicted first
+        for j, (threads, direct) in enumerate([(None, False), (1, False), (3, True), (2, "evicted")]):
+            if direct == "evicted":
                 for f in base.glob("*.safetensors"):
                     fd = os.open(f, os.O_RDONLY)
                     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -175,12 +175,12 @@ def test_overlapped_io_writes_the_bytes_of_the_sequential_path(
                 provenance={},
                 blocking=PICO_BLOCKS,
                 threads=threads,
-                stream=bool(stream),
+                direct=bool(direct),
             )
             files = sorted(p.name for p in a.out_dir.glob("*.safetensors"))
             assert files and files == sorted(p.name for p in b.out_dir.glob("*.safetensors"))
             for name in files:
-                assert (a.out_dir / name).read_bytes() == (b.out_dir / name).read_bytes(), (name, threads, stream)
+                assert (a.out_dir / name).read_bytes() == (b.out_dir / name).read_bytes(), (name, threads, direct)
             assert [(f.path, f.sha256) for f in a.files if f.path != "patchctl.json"] == [
                 (f.path, f.sha256) for f in b.files if f.path != "patchctl.json"
             ]
