@@ -10,7 +10,9 @@ mostly from the very buffers the pieces were read and merged in; the base is rea
 cache where it is there (:class:`~patchctl._fs.Residency`), else with ``O_DIRECT``. Elsewhere,
 reads and writes go through the cache, untouched ranges are copied in the kernel
 (``copy_file_range``), and for a base larger than a quarter of the RAM both are dropped from
-the cache behind the merge (:func:`~patchctl._fs.bypasses_page_cache`). Reading, computing and writing overlap (``_pipeline``: a reader thread, this
+the cache behind the merge (:func:`~patchctl._fs.bypasses_page_cache`).
+
+Reading, computing and writing overlap (``_pipeline``: a reader thread, this
 thread preparing each piece in order, compute threads, a writer and a hasher thread, a bounded
 pool of buffers); LoRA deltas are computed a block of rows at a time where the whole one would
 not fit the memory budget (``_blocks``, ``_delta``).
@@ -486,6 +488,8 @@ class _Run:
     drop: bool = False
     #: set when this filesystem refused to open a file for O_DIRECT writes
     no_direct_writes: bool = False
+    #: residency maps of the base files (unmapped when their shard is done, or at the end)
+    maps: list[Residency] = field(default_factory=list)
 
     def _open(self, path: Path, flags: int, mode: int = 0o644) -> int:
         fd = os.open(path, flags, mode)
@@ -539,6 +543,8 @@ class _Run:
         src_fd = self._open(src_path, os.O_RDONLY)
         direct_fd = self._open_direct(src_path) if self.direct else None
         resident = Residency.of(src_fd) if direct_fd is not None else None
+        if resident is not None:
+            self.maps.append(resident)
         first8 = os.pread(src_fd, 8, 0)
         src_data = 8 + header_length(first8)
         _check_unchanged(src_path, parse_safetensors_header(first8 + os.pread(src_fd, src_data - 8, 8)), shard)
@@ -809,6 +815,8 @@ def execute_merge(
             progress.finish()
             for fd in list(run.open_fds):
                 run.close(fd)
+            for resident in run.maps:
+                resident.close()
             tensors.close()
         finished = run.finished
         if plan.sharded:

@@ -1,12 +1,15 @@
 """Read ahead, compute, write behind: threads and a bounded pool of buffers (no torch).
 
 The reader runs a generator of jobs (it opens the files, so waiting for a download happens on
-its thread) and reads each :class:`Read` into a buffer taken from the pool. The caller's thread
+its thread) and reads each :class:`Read` into a buffer taken from the pool (from the page cache,
+or with ``O_DIRECT`` where the job says so and the cache does not hold it). The caller's thread
 takes them in order and calls ``step(job, buffer)``, which prepares the work (anything that
 must happen in order) and returns the computation; that runs on one of ``workers`` compute
 threads (torch releases the GIL), several pieces at once. Their :class:`Write` jobs, and the
 :class:`Copy` and :class:`Call` jobs between them, reach the writer in job order; it writes at
-absolute offsets (``pwrite``, ``copy_file_range``) and hands each job on to the hasher thread,
+absolute offsets (``pwrite``, ``copy_file_range``; or, for a file written with ``O_DIRECT``, its
+:class:`~patchctl.merge._copy.DirectSink`, from the buffer the bytes were read and computed in)
+and hands each job on to the hasher thread,
 which hashes what was written (:class:`StreamHash`: a file written front to back needs no second
 read for its sha256; hence the writes in order) and returns the buffers to the pool. The pool
 bounds the memory in flight: ``buffers × buffer_bytes``. Positional writes make the output
