@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import mmap
 import os
 import sys
@@ -177,8 +178,12 @@ class DirectSink:
     from there (the carried block goes just before it, over bytes nobody reads); any other is
     copied through ``stage``. :meth:`close` writes the last block and truncates the file to its size."""
 
-    def __init__(self, fd: int, stage_bytes: int = 1 << 20) -> None:
+    def __init__(self, fd: int, stage_bytes: int = 1 << 20, *, fallback: int | None = None) -> None:
         self.fd = fd
+        #: the same file opened without O_DIRECT: where what O_DIRECT refuses is written
+        self._fallback = fallback
+        #: set once O_DIRECT refused a write: the rest goes through ``fallback``
+        self._refused = False
         #: bytes written so far (the file's size once closed)
         self.size = 0
         self._stage = mmap.mmap(-1, stage_bytes)  # page-aligned; [0, size % ALIGN): the partial block
@@ -199,7 +204,7 @@ class DirectSink:
             region[pos - carry : pos] = self._view[:carry]
             tail = (offset + n) % ALIGN
             end = pos + n - tail
-            pwrite_all(self.fd, region[pos - carry : end], offset - carry)
+            self._pwrite(region[pos - carry : end], offset - carry)
             self._view[:tail] = region[end : pos + n]
             self.size += n
             self.direct_writes += 1
@@ -213,11 +218,36 @@ class DirectSink:
             done += k
             full = fill - fill % ALIGN
             if full:
-                pwrite_all(self.fd, self._view[:full], block)
+                self._pwrite(self._view[:full], block)
                 block += full
                 self._view[: fill - full] = self._view[full:fill]
                 fill -= full
         self.size += n
+
+    def _pwrite(self, view: memoryview, offset: int) -> None:
+        """Write all of ``view`` (aligned) at ``offset`` (aligned). What O_DIRECT refuses (EINVAL:
+        a write that would cross a file size limit is cut short of a block, and so refused; a
+        filesystem that opens files for O_DIRECT but will not write them) or stops short of
+        (mid-block: a full disk) goes through ``fallback``, which writes it or fails with the
+        real reason (EFBIG, ENOSPC); and so do all writes after a refusal."""
+        done = 0
+        while done < len(view) and not self._refused:
+            try:
+                n = os.pwrite(self.fd, view[done:], offset + done)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL or self._fallback is None:
+                    raise
+                self._refused = True
+                break
+            if n <= 0:
+                raise OSError(errno.EIO, f"a write of {len(view) - done} bytes wrote nothing")
+            done += n
+            if done < len(view) and done % ALIGN:
+                break
+        if done < len(view):
+            if self._fallback is None:
+                raise OSError(errno.EIO, f"a write stopped after {offset + done} bytes")
+            pwrite_all(self._fallback, view[done:], offset + done)
 
     def close(self) -> None:
         """Write the partial last block (padded, then cut off by truncating to :attr:`size`) and close ``fd``."""
@@ -225,7 +255,7 @@ class DirectSink:
             carry = self.size % ALIGN
             if carry:
                 self._view[carry:ALIGN] = bytes(ALIGN - carry)
-                pwrite_all(self.fd, self._view[:ALIGN], self.size - carry)
+                self._pwrite(self._view[:ALIGN], self.size - carry)
                 os.ftruncate(self.fd, self.size)
         finally:
             os.close(self.fd)

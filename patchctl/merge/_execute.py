@@ -506,13 +506,14 @@ class _Run:
         except OSError:  # EINVAL: tmpfs and others
             return None
 
-    def _sink(self, path: Path) -> DirectSink | None:
-        """An O_DIRECT writer of ``path`` (just created), where the platform and filesystem allow it."""
+    def _sink(self, path: Path, fd: int) -> DirectSink | None:
+        """An O_DIRECT writer of ``path`` (just created and open as ``fd``), where the platform and
+        filesystem allow it."""
         flag = getattr(os, "O_DIRECT", 0)
         if not flag or self.no_direct_writes:
             return None
         try:
-            return DirectSink(self._open(path, os.O_WRONLY | flag))
+            return DirectSink(self._open(path, os.O_WRONLY | flag), fallback=fd)
         except OSError:  # EINVAL: tmpfs and others
             self.no_direct_writes = True
             return None
@@ -552,7 +553,7 @@ class _Run:
         dst_data = len(head)
         dst_path = self.out / shard.file
         dst_fd = self._open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        sink = self._sink(dst_path) if direct_fd is not None else None
+        sink = self._sink(dst_path, dst_fd) if direct_fd is not None else None
         if sink is not None:
             self.sinks[dst_fd] = sink
             sink.write(0, memoryview(head))

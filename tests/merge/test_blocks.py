@@ -127,8 +127,8 @@ def test_an_o_direct_merge_writes_the_buffers_it_read_and_merged_in_as_they_are(
     sinks: list[DirectSink] = []
 
     class Recorded(DirectSink):
-        def __init__(self, fd: int, stage_bytes: int = 1 << 20) -> None:
-            super().__init__(fd, stage_bytes)
+        def __init__(self, fd: int, stage_bytes: int = 1 << 20, *, fallback: int | None = None) -> None:
+            super().__init__(fd, stage_bytes, fallback=fallback)
             sinks.append(self)
 
     monkeypatch.setattr(_execute, "DirectSink", Recorded)

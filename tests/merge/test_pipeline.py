@@ -275,3 +275,24 @@ def test_a_header_padded_like_another_file_is_read_by_safetensors(tmp_path: Path
     with safe_open(str(path), framework="pt") as f:
         assert torch.equal(f.get_tensor("t"), values)
     assert len(encode_header({"t": {}}, like=8 + 3)) % 8 == 0  # not a multiple of 8: no padding to it
+
+
+def test_direct_sink_hands_what_o_direct_refuses_to_the_cached_descriptor(tmp_path: Path) -> None:
+    """O_DIRECT refuses a write (EINVAL: here from unaligned memory; in practice a write that would
+    cross RLIMIT_FSIZE, see test_reliability): it goes through the file's plain descriptor, and so
+    do the writes after it; the file is still right."""
+    from patchctl.merge._copy import DirectSink
+
+    path = tmp_path / "out.bin"
+    direct = _direct_writer(path)
+    plain = os.open(path, os.O_WRONLY)
+    sink = DirectSink(direct, fallback=plain)
+    first = os.urandom(3 * ALIGN + 1)
+    sink._pwrite(memoryview(first)[1:], 0)  # bytes objects are not page-aligned: refused
+    assert sink._refused
+    rest = os.urandom(10_000)
+    sink.size = 3 * ALIGN
+    sink.write(3 * ALIGN, memoryview(rest))
+    sink.close()
+    os.close(plain)
+    assert path.read_bytes() == first[1:] + rest
