@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import hashlib
 import mmap
@@ -17,6 +16,7 @@ from typing import Any
 
 __all__ = [
     "CHUNK",
+    "DIRECT_ALIGN",
     "HashCache",
     "Residency",
     "atomic_write_bytes",
@@ -29,8 +29,8 @@ __all__ = [
 ]
 
 CHUNK = 8 * 1024 * 1024
-#: O_DIRECT reads: offsets and lengths in multiples of this (CHUNK is one)
-_DIRECT_ALIGN = 4096
+#: O_DIRECT I/O: offsets, lengths and buffer addresses in multiples of this (CHUNK is one)
+DIRECT_ALIGN = 4096
 
 
 def bypasses_page_cache(total_bytes: int) -> bool:
@@ -66,6 +66,8 @@ class Residency:
         if cls._libc is None:
             cls._libc = False
             if sys.platform.startswith("linux"):
+                import ctypes  # here, not at import: ctypes stays out of the CLI's start-up
+
                 try:
                     libc = ctypes.CDLL(None, use_errno=True)
                     libc.mmap.restype = ctypes.c_void_p
@@ -86,8 +88,10 @@ class Residency:
         size = os.fstat(fd).st_size
         if not libc or size == 0:
             return None
+        import ctypes
+
         addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-        if addr is None or addr == ctypes.c_void_p(-1).value:
+        if addr is None or addr == ctypes.c_void_p(-1).value:  # MAP_FAILED
             return None
         return cls(addr, size)
 
@@ -97,15 +101,16 @@ class Residency:
         end = min(self._size, offset + length)
         if end <= start:
             return True
-        pages = -(-(end - start) // self._page)
-        vec = ctypes.create_string_buffer(pages)
-        if self._libc.mincore(ctypes.c_void_p(self._addr + start), end - start, vec) != 0:
+        import ctypes
+
+        vec = ctypes.create_string_buffer(-(-(end - start) // self._page))  # a byte per page
+        if self._libc.mincore(self._addr + start, end - start, vec) != 0:
             return False
         return vec.raw.translate(self._BIT0).count(0) == 0
 
     def close(self) -> None:
         if self._addr:
-            self._libc.munmap(ctypes.c_void_p(self._addr), self._size)
+            self._libc.munmap(self._addr, self._size)
             self._addr = 0
 
 
@@ -118,7 +123,7 @@ def read_chunks(path: Path, chunk_size: int = CHUNK, *, direct: bool = False) ->
     ``chunk_size`` must then be a multiple of 4096."""
     fd = -1
     flag: int = getattr(os, "O_DIRECT", 0)
-    if direct and flag and chunk_size % _DIRECT_ALIGN == 0:
+    if direct and flag and chunk_size % DIRECT_ALIGN == 0:
         with contextlib.suppress(OSError):
             fd = os.open(path, os.O_RDONLY | flag)
     if fd >= 0:

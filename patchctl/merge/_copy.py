@@ -11,12 +11,11 @@ import os
 import sys
 from pathlib import Path
 
-from patchctl._fs import Residency
+from patchctl._fs import DIRECT_ALIGN
 
 __all__ = [
     "ALIGN",
     "DirectSink",
-    "Residency",
     "WriteBehind",
     "copy_file",
     "copy_range",
@@ -163,7 +162,7 @@ class WriteBehind:
 
 
 #: O_DIRECT I/O: offsets, lengths and buffer addresses in multiples of this
-ALIGN = 4096
+ALIGN = DIRECT_ALIGN
 
 
 class DirectSink:

@@ -45,11 +45,11 @@ from typing import Any
 
 import torch
 
-from patchctl._fs import bypasses_page_cache
+from patchctl._fs import Residency, bypasses_page_cache
 from patchctl.bases import INDEX_FILE, header_length, parse_safetensors_header, weights_fingerprint
 from patchctl.errors import InvalidInputError, UnsupportedError
 from patchctl.merge._blocks import Blocking, carries_lora, carries_param
-from patchctl.merge._copy import DirectSink, Residency, WriteBehind, copy_file
+from patchctl.merge._copy import DirectSink, WriteBehind, copy_file
 from patchctl.merge._delta import lora_delta, probe
 from patchctl.merge._io import TORCH_DTYPES, encode_header, pwrite_all, read_tensor, tensor_bytes
 from patchctl.merge._output import FileRecord, MergeResult, atomic_output_dir, write_provenance
@@ -622,28 +622,19 @@ class _Run:
         yield Call(finish)
 
 
-def _max_tile_elems(plan: MergePlan, blocking: Blocking) -> int:
-    """Elements of the largest delta tile (the reused buffer's size)."""
-    most = 0
+def _largest_tile(plan: MergePlan, blocking: Blocking) -> tuple[int, int]:
+    """The largest delta tile: (its elements: the reused fp32 buffer's size, the bytes of its rows
+    as read or written: a piece is whole tiles, so one may pass the chunk size)."""
+    elems = nbytes = 0
     for shard in plan.shards:
         for t in shard.tensors:
             if carries_lora(t) and t.shape:
                 row = prod(t.shape[1:])
+                size = max(DTYPE_SIZES[t.dtype], DTYPE_SIZES[t.src_dtype])
                 for block in blocking.ranges(t):
-                    most = max(most, max(t1 - t0 for t0, t1 in blocking.tiles(t, block)) * row)
-    return most
-
-
-def _max_tile_bytes(plan: MergePlan, blocking: Blocking) -> int:
-    """Bytes of the largest tile of rows read at once (a piece is whole tiles: one may pass the chunk size)."""
-    most = 0
-    for shard in plan.shards:
-        for t in shard.tensors:
-            if carries_lora(t) and t.shape:
-                row = prod(t.shape[1:]) * max(DTYPE_SIZES[t.dtype], DTYPE_SIZES[t.src_dtype])
-                for block in blocking.ranges(t):
-                    most = max(most, max(t1 - t0 for t0, t1 in blocking.tiles(t, block)) * row)
-    return most
+                    rows = max(t1 - t0 for t0, t1 in blocking.tiles(t, block))
+                    elems, nbytes = max(elems, rows * row), max(nbytes, rows * row * size)
+    return elems, nbytes
 
 
 def compute_threads() -> int:
@@ -654,12 +645,12 @@ def compute_threads() -> int:
 
 def _merge_shards(run: _Run, delay: float, workers: int) -> list[str]:
     """Run the pipeline over every shard; returns the tensors whose delta had to be computed whole."""
-    most = _max_tile_elems(run.plan, run.blocking)
+    most, tile_bytes = _largest_tile(run.plan, run.blocking)
     deltas = _Deltas(run.tensors, run.blocking, torch.empty(most))  # its buffer: probes, on this thread
     buffers = _TileBuffers(most)
     pipe = Pipeline(
         buffers=PIPELINE_BUFFERS + 2 * workers,
-        buffer_bytes=max(run.chunk_bytes, _max_tile_bytes(run.plan, run.blocking)),
+        buffer_bytes=max(run.chunk_bytes, tile_bytes),
         advance=run.progress.advance,
         threads=run.overlap,
         stop=run.stopped,

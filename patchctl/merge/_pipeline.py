@@ -31,10 +31,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from patchctl._fs import Residency
 from patchctl.merge._copy import (
     ALIGN,
     DirectSink,
-    Residency,
     WriteBehind,
     copy_range,
     drop_cache,
@@ -281,11 +281,8 @@ class Pipeline:
             if (wb := self._behind.get(job.fd)) is not None:
                 wb.wrote(job.offset, len(view))
         elif isinstance(job, Copy):
-            if (sink := self._sinks.get(job.dst)) is not None:  # through a buffer (not planned: Reads instead)
-                for done in range(0, job.length, 1 << 20):
-                    n = min(1 << 20, job.length - done)
-                    sink.write(job.dst_off + done, memoryview(pread_exact(job.src, n, job.src_off + done)))
-                return
+            # a file written with O_DIRECT gets its untouched bytes as Reads and Writes, not Copies
+            assert job.dst not in self._sinks, "a kernel copy into a file written with O_DIRECT"
             copy_range(job.src, job.dst, job.length, job.src_off, job.dst_off)
             if (wb := self._behind.get(job.dst)) is not None:
                 wb.wrote(job.dst_off, job.length)

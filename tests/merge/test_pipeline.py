@@ -206,7 +206,7 @@ def test_direct_sink_refuses_a_write_out_of_order(tmp_path: Path) -> None:
 
 def _evicted(path: Path) -> bool:
     """Drop ``path``'s pages from the page cache; whether that worked (not on tmpfs)."""
-    from patchctl.merge._copy import Residency
+    from patchctl._fs import Residency
 
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -226,7 +226,7 @@ def _evicted(path: Path) -> bool:
 def test_residency_tells_what_the_page_cache_holds_and_reads_follow_it(tmp_path: Path) -> None:
     """A streamed read takes resident pages from the cache and the others with O_DIRECT (which
     leaves them out of the cache); mincore asks without bringing anything in."""
-    from patchctl.merge._copy import Residency
+    from patchctl._fs import Residency
 
     data = os.urandom(64 * ALIGN + 100)
     path = tmp_path / "f.bin"
