@@ -17,6 +17,7 @@ from typing import Any
 __all__ = [
     "CHUNK",
     "DIRECT_ALIGN",
+    "HASH_CHUNK",
     "HashCache",
     "Residency",
     "atomic_write_bytes",
@@ -29,6 +30,9 @@ __all__ = [
 ]
 
 CHUNK = 8 * 1024 * 1024
+#: reads for hashing: a chunk this size is still in the core's cache when it is hashed after the
+#: read's copy (sha256 at 1.6-1.8 GB/s here; 1.0-1.1 GB/s for chunks of 8 MiB or more, from memory)
+HASH_CHUNK = 1024 * 1024
 #: O_DIRECT I/O: offsets, lengths and buffer addresses in multiples of this (CHUNK is one)
 DIRECT_ALIGN = 4096
 
@@ -209,9 +213,9 @@ def _read_full(fd: int, view: memoryview, offset: int) -> int:
 
 
 def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
-    """sha256 of a file, read in 8 MiB chunks; ``progress(n)`` is called with each chunk's size."""
+    """sha256 of a file, read in :data:`HASH_CHUNK` chunks; ``progress(n)`` is called with each chunk's size."""
     h = hashlib.sha256()
-    for chunk in read_chunks(path):
+    for chunk in read_chunks(path, HASH_CHUNK):
         h.update(chunk)
         if progress is not None:
             progress(len(chunk))
@@ -254,7 +258,9 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists (used to tell a killed run's leftovers from a live one's)."""
+    """Whether a process with this id is running (used to tell a killed run's leftovers from a
+    live one's). A zombie is not: a killed merge child (see :mod:`patchctl._mergeproc`) stays one
+    until the init process reaps it, which some do late."""
     if pid == os.getpid():
         return True
     try:
@@ -263,7 +269,12 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]  # after the command name, which may hold spaces
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux): as before
+    return state not in (b"Z", b"X")
 
 
 class HashCache:

@@ -39,6 +39,7 @@ from patchctl.schemas.report import CompatReport
 from patchctl.settings import Settings
 
 if TYPE_CHECKING:
+    from patchctl._mergeproc import MergeWorker
     from patchctl.merge import MergePlan
     from patchctl.remotes._bases import ArrivingBase
 
@@ -343,17 +344,20 @@ def _download_checked_base(target: TargetBase, *, progress: bool) -> Path:
     return base_dir
 
 
-def _prepare_merge_in_background(base_dir: Path | None = None, cache_dir: Path | None = None) -> None:
-    """Start importing the merge engine (torch: about a second) on another thread, and then
-    building the dtype plan of a local base (transformers' modeling code: seconds, cached), so
-    that both overlap with fingerprinting the base (hashlib releases the GIL). The later import
-    and plan wait for them; an error surfaces there, as it would without this."""
+def _prepare_merge_in_background(
+    base_dir: Path | None = None, cache_dir: Path | None = None, *, engine: bool = True
+) -> None:
+    """Start importing the merge engine (``engine``; torch: about a second) on another thread,
+    and then building the dtype plan of a local base (transformers' modeling code: seconds,
+    cached), so that both overlap with fingerprinting the base (hashlib releases the GIL). The
+    later import and plan wait for them; an error surfaces there, as it would without this."""
     import importlib
     import threading
 
     def load() -> None:
         with contextlib.suppress(Exception):
-            importlib.import_module("patchctl.merge._execute")
+            if engine:
+                importlib.import_module("patchctl.merge._execute")
             if base_dir is not None:
                 from patchctl.merge._fp32 import warm
 
@@ -393,6 +397,7 @@ def install(
     progress: bool = True,
     on_report: Callable[[CompatReport], None] | None = None,
     max_memory: int | None = None,
+    merge_worker: MergeWorker | None = None,
 ) -> InstallOutcome:
     """Check, then merge ``patch`` onto ``onto`` into ``out`` (or write a rebased adapter).
 
@@ -401,6 +406,8 @@ def install(
     ``on_report`` is called with the compat report as soon as the checks have run (before a
     refusal or the merge), so that a caller can show it first. ``max_memory`` bounds the merge's
     peak RSS (default 512 MiB; LoRA deltas larger than the budget are computed in row blocks).
+    ``merge_worker`` (started by the caller, closed by the caller): merge a local base in that
+    child process (see :mod:`patchctl._mergeproc`), which has been importing torch meanwhile.
     """
     from patchctl.adapter import read_adapter
     from patchctl.merge import RichMergeProgress, plan_merge, write_rebased_adapter
@@ -419,6 +426,7 @@ def install(
         _prepare_merge_in_background(
             base_ref.path if isinstance(base_ref, PathRef) and base_ref.path.is_dir() else None,
             settings.dtype_plan_cache_dir,
+            engine=merge_worker is None,
         )
     target = _target_base(settings, onto, progress=progress)
     patch, decision = _resolve_for_target(settings, patch, target)
@@ -458,7 +466,6 @@ def install(
         )
     assert out is not None
     if format == "merged":
-        from patchctl.merge import execute_merge  # torch: only now
         from patchctl.merge._blocks import DEFAULT_MAX_MEMORY, Blocking
 
         merge_progress = RichMergeProgress(f"installing {source.ref}") if progress else None
@@ -471,16 +478,19 @@ def install(
                 )
                 arriving.start()
                 wait_for_shard = arriving.wait
-            result = execute_merge(
-                plan,
-                out,
-                force=overwrite,
-                progress=merge_progress,
-                provenance=provenance,
-                base_weights_sha256=target.facts.weights_sha256,
-                blocking=Blocking(max_memory or DEFAULT_MAX_MEMORY),
-                wait_for_shard=wait_for_shard,
-            )
+            options: dict[str, Any] = {
+                "force": overwrite,
+                "provenance": provenance,
+                "base_weights_sha256": target.facts.weights_sha256,
+                "blocking": Blocking(max_memory or DEFAULT_MAX_MEMORY),
+            }
+            if merge_worker is not None and wait_for_shard is None:
+                log.info("merging in a child process (pid %d)", merge_worker.pid)
+                result = merge_worker.merge(plan, out, progress=merge_progress, **options)
+            else:
+                from patchctl.merge import execute_merge  # torch: only now
+
+                result = execute_merge(plan, out, progress=merge_progress, wait_for_shard=wait_for_shard, **options)
     else:
         result = write_rebased_adapter(
             layout,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -10,8 +11,10 @@ from patchctl import api
 from patchctl._text import escape_controls
 from patchctl.cli._output import err_console, json_option, print_json, print_table, to_jsonable
 from patchctl.errors import PatchctlError
-from patchctl.schemas.report import CompatReport
 from patchctl.settings import Settings
+
+if TYPE_CHECKING:  # imported where needed: pydantic's models are a tenth of a second of start-up
+    from patchctl.schemas.report import CompatReport
 
 __all__ = ["COMMANDS", "render_report", "report_json"]
 
@@ -125,6 +128,10 @@ def install_cmd(
     Checks that fail stop the install (exit 21) unless --force; an existing --out is kept
     (exit 5) unless --overwrite.
     """
+    from patchctl import _mergeproc
+
+    # the merge runs in a child process, which imports torch while this one checks
+    worker = _mergeproc.for_install(onto, merging=fmt == "merged" and not dry_run and out is not None)
     try:
         outcome = api.install(
             settings,
@@ -137,6 +144,7 @@ def install_cmd(
             dry_run=dry_run,
             progress=not as_json,
             max_memory=max_memory,
+            merge_worker=worker,
             # shown as soon as the checks ran: before a refusal or the merge's progress bar
             # (a dry run's report is its data, on stdout, unless the install is refused)
             on_report=None
@@ -144,11 +152,16 @@ def install_cmd(
             else lambda r: render_report(r, to_stderr=not dry_run or bool(r.failed and not force)),
         )
     except PatchctlError as exc:
+        from patchctl.schemas.report import CompatReport
+
         report = getattr(exc, "report", None)
         if isinstance(report, CompatReport) and as_json:
             # the data a script needs to see why: the report, on stdout like `check --json`
             print_json({"installed": False, "report": report_json(report)})
         raise
+    finally:
+        if worker is not None:
+            worker.close()
     report = outcome.check.report
     if as_json:
         print_json(
