@@ -44,16 +44,20 @@ ENV = "PATCHCTL_MERGE_PROCESS"
 _FRAME = struct.Struct("<Q")
 
 
-def wanted(onto: str) -> bool:
+def wanted(onto: str, dtype_plan_cache: Path | None = None) -> bool:
     """Whether ``patchctl install --onto ONTO`` should merge in a child: a local base (an hf://
-    one is merged as it arrives, by the download's threads), torch not imported here yet (a
-    process that has it gains nothing from a second one), and not turned off (:data:`ENV`)."""
-    return (
-        os.environ.get(ENV) != "0"
-        and "torch" not in sys.modules
-        and not onto.startswith("hf://")
-        and Path(onto).expanduser().is_dir()
-    )
+    one is merged as it arrives, by the download's threads) whose dtype plan is known (else
+    this process imports torch and transformers to build it, and a second process would only
+    add their memory), torch not imported here yet (a process that has it gains nothing from
+    a second one), and not turned off (:data:`ENV`)."""
+    if os.environ.get(ENV) == "0" or "torch" in sys.modules or onto.startswith("hf://"):
+        return False
+    base = Path(onto).expanduser()
+    if not base.is_dir():
+        return False
+    from patchctl.merge._fp32 import known
+
+    return known(base, dtype_plan_cache)
 
 
 #: the worker :func:`prestart` started, until :func:`for_install` takes it
@@ -68,13 +72,13 @@ def prestart() -> None:
         _early = MergeWorker()
 
 
-def for_install(onto: str, merging: bool) -> MergeWorker | None:
+def for_install(onto: str, merging: bool, dtype_plan_cache: Path | None = None) -> MergeWorker | None:
     """The worker for an install onto ``onto`` that will ``merge`` (not a dry run, not
     ``--format adapter``): the one :func:`prestart` started, or a new one, where
     :func:`wanted`; else None (a prestarted one is stopped)."""
     global _early
     early, _early = _early, None
-    if merging and wanted(onto):
+    if merging and wanted(onto, dtype_plan_cache):
         return early or MergeWorker()
     if early is not None:
         early.discard()
@@ -145,7 +149,7 @@ class MergeWorker:
         )
 
     def _stop(self) -> None:
-        """Ask the child to stop and wait while it removes its temporary output (if any)."""
+        """Interrupted mid-merge: ask the child to stop and wait while it removes its temporary output."""
         if self._proc.poll() is None:
             self._proc.send_signal(signal.SIGTERM)
             try:
@@ -158,11 +162,11 @@ class MergeWorker:
         self.close()
 
     def close(self) -> None:
-        """End the child: after a merge it has exited; one that was given none is stopped
-        (SIGTERM) rather than left to finish importing torch and read the end of its stdin."""
+        """End the child: after a merge it has exited; one that was given none has written
+        nothing and is killed (a SIGTERM can land in an import that swallows the interruption)."""
         proc = self._proc
-        if not self._merging:
-            self._stop()
+        if not self._merging and proc.poll() is None:
+            proc.kill()
         for stream in (proc.stdin, proc.stdout):
             if stream is not None and not stream.closed:
                 with contextlib.suppress(BrokenPipeError):

@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,15 +268,58 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
 
 
+class TreeRss:
+    """The peak of the summed RSS of a process and all its descendants (``patchctl install`` merges
+    in a child process: /usr/bin/time and getrusage give the largest single process), sampled
+    every 20 ms from /proc (Linux; elsewhere 0). Shared pages count once per process: an upper bound."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _sum(self) -> int:
+        total, todo = 0, [self.pid]
+        while todo:
+            pid = todo.pop()
+            try:
+                total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    todo += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+            except (OSError, ValueError, IndexError):
+                continue
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak_bytes = max(self.peak_bytes, self._sum())
+
+    def stop(self) -> float:
+        """Stop sampling; the peak in MiB."""
+        self._stop.set()
+        self._thread.join()
+        return self.peak_bytes / 2**20
+
+
 def measure(cmd: list[str], env_extra: dict[str, str] | None = None) -> dict[str, float]:
-    """Wall seconds and peak RSS (MiB) of one subprocess: /usr/bin/time -v when present, else getrusage."""
+    """Wall seconds and peak RSS (MiB) of one subprocess: /usr/bin/time -v when present, else
+    getrusage; where larger, the peak of its process tree's summed RSS (:class:`TreeRss`)."""
     env = child_env()
     env.update(env_extra or {})
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
+    tree_mib = 0.0
     if Path("/usr/bin/time").exists():
-        proc = subprocess.run(["/usr/bin/time", "-v", *cmd], env=env, capture_output=True, text=True)
+        popen = subprocess.Popen(
+            ["/usr/bin/time", "-v", *cmd], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        tree = TreeRss(popen.pid)
+        out, err = popen.communicate()
         wall = time.perf_counter() - started
+        tree_mib = tree.stop()
+        proc = subprocess.CompletedProcess(popen.args, popen.returncode, out, err)
         m = _TIME_RSS.search(proc.stderr)
         rss_kib = float(m.group(1)) if m else float("nan")
         cpu = sum(float(x) for x in _TIME_CPU.findall(proc.stderr)) if _TIME_CPU.search(proc.stderr) else float("nan")
@@ -297,7 +341,8 @@ def measure(cmd: list[str], env_extra: dict[str, str] | None = None) -> dict[str
     return {
         "wall_s": wall,
         "wall_synced_s": wall + sync_s,
-        "peak_rss_mib": rss_kib / 1024,
+        "peak_rss_mib": max(rss_kib / 1024, tree_mib),
+        "peak_rss_tree_mib": tree_mib,
         "cpu_s": cpu,  # user + system of the command (all its threads and children)
         "load_after": load,
     }

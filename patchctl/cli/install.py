@@ -131,7 +131,8 @@ def install_cmd(
     from patchctl import _mergeproc
 
     # the merge runs in a child process, which imports torch while this one checks
-    worker = _mergeproc.for_install(onto, merging=fmt == "merged" and not dry_run and out is not None)
+    merging = fmt == "merged" and not dry_run and out is not None
+    worker = _mergeproc.for_install(onto, merging, settings.dtype_plan_cache_dir)
     try:
         outcome = api.install(
             settings,

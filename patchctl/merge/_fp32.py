@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["fp32_patterns", "load_dtype", "matches_fp32", "warm"]
+__all__ = ["fp32_patterns", "known", "load_dtype", "matches_fp32", "warm"]
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,26 @@ def _write_cached(path: Path, patterns: tuple[str, ...]) -> None:
 
     with contextlib.suppress(OSError):
         atomic_write_text(path, json.dumps({"patterns": list(patterns)}))
+
+
+def known(base_dir: Path, cache_dir: Path | None = None) -> bool:
+    """Whether the dtype plan of a local base is had without building the model (no transformers
+    import): not needed (not half precision, no architecture), or remembered here or in ``cache_dir``."""
+    from patchctl.bases import read_config, read_safetensors_header, weight_file_names
+
+    try:
+        config = read_config(base_dir)
+        files = weight_file_names(base_dir)
+        header = read_safetensors_header(base_dir / files[0]) if files else {}
+    except Exception:  # the install's own reads report it
+        return True
+    dtype = load_dtype(config, [str(i["dtype"]) for n, i in header.items() if n != "__metadata__"])
+    if dtype not in ("F16", "BF16") or not config.get("architectures"):
+        return True
+    key = _key(config, dtype)
+    if key is None or key in _memo:
+        return True
+    return cache_dir is not None and _read_cached(cache_dir / f"{key}.json") is not None
 
 
 def warm(base_dir: Path, cache_dir: Path | None = None) -> None:

@@ -17,7 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+import picomodels
 import pytest
+import torch
 
 from patchctl import _mergeproc
 from patchctl._fs import pid_alive
@@ -99,6 +101,24 @@ def test_install_in_a_child_process_writes_what_the_in_process_merge_writes(
     for name in weights:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_base_whose_dtype_plan_is_not_known_yet_is_merged_in_process_then_in_a_child(
+    tmp_path: Path, models_dir: Path, llama_adapter: Path
+) -> None:
+    """Building the dtype plan imports torch and transformers in the patchctl process: a child
+    would only add their memory. Once the plan is cached, the next install merges in a child."""
+    bf16 = picomodels.make_base(models_dir / "pico-llama-bf16-mergeproc", "llama", dtype=torch.bfloat16)
+    home, cache = tmp_path / "home", tmp_path / "cache"
+    env = {"PATCHCTL_CACHE_DIR": str(cache)}
+    first = _patchctl(home, "-v", "install", llama_adapter, "--onto", bf16, "--out", tmp_path / "a", **env)
+    assert first.returncode == 0, first.stderr
+    assert "merging in a child process" not in first.stderr
+    second = _patchctl(home, "-v", "install", llama_adapter, "--onto", bf16, "--out", tmp_path / "b", **env)
+    assert second.returncode == 0, second.stderr
+    assert "merging in a child process" in second.stderr
+    for f in sorted((tmp_path / "a").glob("*.safetensors")):
+        assert f.read_bytes() == (tmp_path / "b" / f.name).read_bytes()
 
 
 def test_an_install_that_stops_before_the_merge_leaves_no_child(
