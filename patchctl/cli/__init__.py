@@ -187,11 +187,23 @@ def run() -> NoReturn:
 def _run() -> int:
     global _FREEZE_IMPORTS
     _FREEZE_IMPORTS = True
-    if _command_name(sys.argv[1:]) == "install":
+    args = sys.argv[1:]
+    if _command_name(args) == "install" and not _option(args, "--onto", "").startswith("hf://"):
         from patchctl import _mergeproc
 
         _mergeproc.prestart()  # its torch import runs beside this process's start-up
     return run_with_error_handling(cli, prog_name="patchctl")
+
+
+def _option(args: list[str], name: str, default: str) -> str:
+    """The value of option ``name`` in ``args`` (``--name VALUE`` or ``--name=VALUE``; the last one)."""
+    value = default
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg[len(name) + 1 :]
+    return value
 
 
 def _command_name(args: list[str]) -> str | None:

@@ -23,7 +23,7 @@ import torch
 
 from patchctl import _mergeproc
 from patchctl._fs import pid_alive
-from patchctl.cli import _command_name
+from patchctl.cli import _command_name, _option
 from patchctl.errors import CheckFailedError, ConflictError, IntegrityError, OSFailureError, os_error
 from patchctl.merge import DELAY_ENV
 
@@ -76,6 +76,9 @@ def test_the_command_name_is_found_past_the_root_options() -> None:
     assert _command_name(["--home=/h", "list"]) == "list"
     assert _command_name(["--home", "install"]) is None  # "install" is --home's value here
     assert _command_name(["-v"]) is None
+    assert _option(["install", "p", "--onto", "hf://a/b", "--out", "o"], "--onto", "") == "hf://a/b"
+    assert _option(["install", "p", "--onto=/models/x"], "--onto", "") == "/models/x"
+    assert _option(["install", "p"], "--onto", "") == ""
 
 
 def test_install_in_a_child_process_writes_what_the_in_process_merge_writes(
