@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import picomodels
@@ -147,80 +148,60 @@ def test_an_install_that_stops_before_the_merge_leaves_no_child(
     assert not (tmp_path / "o").exists()
 
 
-def test_ctrl_c_during_a_merge_in_the_child_is_exit_130_and_leaves_nothing(
-    tmp_path: Path, llama_adapter: Path, pico_llama_sharded: Path
-) -> None:
-    home = tmp_path / "home"
+def _mid_merge(
+    tmp_path: Path, adapter: Path, base: Path, act: Callable[[subprocess.Popen[bytes], int], None]
+) -> tuple[int, bytes, int]:
+    """Start ``patchctl install`` (slowed down), wait until its child writes, then ``act(proc,
+    child)``; the parent's exit code, its stderr and the child's pid."""
     dest = tmp_path / "dest"
-    out = dest / "out"
-    args = ["install", str(llama_adapter), "--onto", str(pico_llama_sharded), "--out", str(out)]
+    args = ["install", str(adapter), "--onto", str(base), "--out", str(dest / "out")]
     proc = subprocess.Popen(
         [sys.executable, "-m", "patchctl", *args],
-        env=_env(home, **{DELAY_ENV: "0.3"}),
+        env=_env(tmp_path / "home", **{DELAY_ENV: "0.3"}),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     try:
         _started_writing(dest, proc)
         [child] = _children(proc.pid)
-        proc.send_signal(signal.SIGINT)  # the parent only: it stops the child and waits for it
+        act(proc, child)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, err
+    return proc.returncode, err, child
+
+
+def test_ctrl_c_during_a_merge_in_the_child_is_exit_130_and_leaves_nothing(
+    tmp_path: Path, llama_adapter: Path, pico_llama_sharded: Path
+) -> None:
+    # SIGINT to the parent only: it stops the child and waits for it
+    code, err, child = _mid_merge(
+        tmp_path, llama_adapter, pico_llama_sharded, lambda p, c: p.send_signal(signal.SIGINT)
+    )
+    assert code == 130, err
     assert b"aborted" in err and b"Traceback" not in err  # click's word for an interrupted command
     assert not pid_alive(child)
-    assert list(dest.iterdir()) == []  # the child removed its temporary output before the parent exited
+    assert list((tmp_path / "dest").iterdir()) == []  # the child removed its temporary output before the parent exited
 
 
 def test_a_child_killed_mid_merge_is_a_clear_error(
     tmp_path: Path, llama_adapter: Path, pico_llama_sharded: Path
 ) -> None:
-    home = tmp_path / "home"
-    dest = tmp_path / "dest"
-    out = dest / "out"
-    args = ["install", str(llama_adapter), "--onto", str(pico_llama_sharded), "--out", str(out)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "patchctl", *args],
-        env=_env(home, **{DELAY_ENV: "0.3"}),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        _started_writing(dest, proc)
-        [child] = _children(proc.pid)
-        os.kill(child, signal.SIGKILL)  # as the kernel's OOM killer would
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == OSFailureError.exit_code, err
+    # as the kernel's OOM killer would
+    code, err, _ = _mid_merge(tmp_path, llama_adapter, pico_llama_sharded, lambda p, c: os.kill(c, signal.SIGKILL))
+    assert code == OSFailureError.exit_code, err
     assert b"ended without a result (killed by SIGKILL)" in err and b"Traceback" not in err
+    out = tmp_path / "dest" / "out"
     assert not out.exists()
-    r = _patchctl(home, "install", llama_adapter, "--onto", pico_llama_sharded, "--out", out)
+    r = _patchctl(tmp_path / "home", "install", llama_adapter, "--onto", pico_llama_sharded, "--out", out)
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in dest.iterdir()) == ["out"]  # the killed child's temporary output is gone
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out"]  # the killed child's temporary output is gone
 
 
 def test_a_killed_parent_takes_its_child_with_it(tmp_path: Path, llama_adapter: Path, pico_llama_sharded: Path) -> None:
-    home = tmp_path / "home"
-    dest = tmp_path / "dest"
-    args = ["install", str(llama_adapter), "--onto", str(pico_llama_sharded), "--out", str(dest / "out")]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "patchctl", *args],
-        env=_env(home, **{DELAY_ENV: "0.3"}),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _started_writing(dest, proc)
-        [child] = _children(proc.pid)
-        proc.kill()
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    code, _, child = _mid_merge(tmp_path, llama_adapter, pico_llama_sharded, lambda p, c: p.kill())
+    assert code == -signal.SIGKILL
     deadline = time.monotonic() + 10
     while pid_alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
