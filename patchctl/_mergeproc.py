@@ -31,10 +31,13 @@ import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from patchctl._secrets import RedactingFilter
 from patchctl.errors import OSFailureError, PatchctlError
+
+if TYPE_CHECKING:
+    from patchctl.merge import MergeResult
 
 __all__ = ["ENV", "MergeWorker", "for_install", "prestart", "wanted"]
 
@@ -42,6 +45,8 @@ __all__ = ["ENV", "MergeWorker", "for_install", "prestart", "wanted"]
 ENV = "PATCHCTL_MERGE_PROCESS"
 
 _FRAME = struct.Struct("<Q")
+
+log = logging.getLogger(__name__)
 
 
 def wanted(onto: str, dtype_plan_cache: Path | None = None) -> bool:
@@ -106,9 +111,11 @@ def _receive(stream: IO[bytes]) -> Any:
 class MergeWorker:
     """A merge child process (see the module doc); :meth:`merge` once, :meth:`close` always."""
 
-    def __init__(self) -> None:
+    def __init__(self, command: list[str] | None = None) -> None:
+        """``command``: the child's command line (tests), by default this interpreter running this module."""
+        level = str(logging.getLogger().getEffectiveLevel())
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "patchctl._mergeproc", str(logging.getLogger().getEffectiveLevel())],
+            command or [sys.executable, "-m", "patchctl._mergeproc", level],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             close_fds=True,
@@ -119,19 +126,24 @@ class MergeWorker:
     def pid(self) -> int:
         return self._proc.pid
 
-    def merge(self, plan: Any, out_dir: Path, *, progress: Any, **options: Any) -> Any:
+    def merge(self, plan: Any, out_dir: Path, *, progress: Any, **options: Any) -> MergeResult | None:
         """``execute_merge(plan, out_dir, progress=progress, **options)`` in the child: its result,
-        or its error raised here (see the module doc). ``progress`` is driven from this thread."""
+        or its error raised here (see the module doc). ``progress`` is driven from this thread.
+        None when the child could not start (it ended before it had imported the engine: an
+        interpreter that cannot run ``-m patchctl._mergeproc``, e.g. a frozen executable): the
+        caller merges in its own process."""
         proc = self._proc
         assert proc.stdin is not None and proc.stdout is not None
         self._merging = True
+        ready = False
         try:
             _send(proc.stdin, ("merge", plan, out_dir, options))
             proc.stdin.close()
             while (message := _receive(proc.stdout)) is not None:
                 kind, *args = message
+                ready = True
                 if kind == "result":
-                    return args[0]
+                    return cast("MergeResult", args[0])
                 if kind == "error":
                     raise _rebuilt(*args)
                 if progress is not None and (call := getattr(progress, kind, None)) is not None:
@@ -143,6 +155,9 @@ class MergeWorker:
             raise
         code = proc.wait()
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        if not ready:
+            log.warning("the merge process could not start (%s); merging in this process", how)
+            return None
         raise OSFailureError(
             f"the merge process ended without a result ({how}); nothing was installed",
             hint="a process killed for memory (see dmesg) or by hand; `patchctl gc` removes what it left",
@@ -265,6 +280,7 @@ def main(argv: list[str]) -> int:
     try:
         from patchctl.merge._execute import execute_merge  # torch: the point of starting early
 
+        out.send(("ready",))
         request = _receive(sys.stdin.buffer)
         if request is None:  # the install stopped before its merge
             return 0

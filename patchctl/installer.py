@@ -484,13 +484,15 @@ def install(
                 "base_weights_sha256": target.facts.weights_sha256,
                 "blocking": Blocking(max_memory or DEFAULT_MAX_MEMORY),
             }
+            merged = None
             if merge_worker is not None and wait_for_shard is None:
                 log.info("merging in a child process (pid %d)", merge_worker.pid)
-                result = merge_worker.merge(plan, out, progress=merge_progress, **options)
-            else:
+                merged = merge_worker.merge(plan, out, progress=merge_progress, **options)
+            if merged is None:
                 from patchctl.merge import execute_merge  # torch: only now
 
-                result = execute_merge(plan, out, progress=merge_progress, wait_for_shard=wait_for_shard, **options)
+                merged = execute_merge(plan, out, progress=merge_progress, wait_for_shard=wait_for_shard, **options)
+            result = merged
     else:
         result = write_rebased_adapter(
             layout,

@@ -62,7 +62,9 @@ PULL_STAGES = [
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    # the merge in this process, where the audit hook sees its files (a merge child has no hook;
+    # tests/cli/test_merge_process.py kills the child and its parent mid-merge)
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PATCHCTL_MERGE_PROCESS": "0"}
 
 
 def _killed_run(event: str, needle: str, nth: int, args: list[str]) -> subprocess.CompletedProcess[str]:

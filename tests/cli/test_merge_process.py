@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 import picomodels
 import pytest
 import torch
+from catalogtools import settings_for
 
 from patchctl import _mergeproc
 from patchctl._fs import pid_alive
@@ -206,6 +208,45 @@ def test_a_killed_parent_takes_its_child_with_it(tmp_path: Path, llama_adapter: 
     while pid_alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not pid_alive(child)
+
+
+_READY_THEN_EXIT = (
+    "import pickle, struct, sys\n"
+    "data = pickle.dumps(('ready',))\n"
+    "sys.stdout.buffer.write(struct.pack('<Q', len(data)) + data); sys.stdout.flush()\n"
+    "sys.stdin.buffer.read(8)\n"
+    "sys.exit(4)\n"
+)
+
+
+def test_a_child_that_cannot_start_is_replaced_by_a_merge_here_and_one_that_dies_is_an_error(
+    tmp_path: Path, llama_adapter: Path, pico_llama: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An interpreter that cannot run `-m patchctl._mergeproc` (a frozen executable): the child
+    ends before it says it is ready, and the install merges in its own process, same bytes. A
+    child that dies once ready is an error (exit 11), nothing installed."""
+    from patchctl import installer
+
+    settings = settings_for(tmp_path / "home", f"sqlite:///{tmp_path / 'catalog.db'}")
+
+    def install(out: Path, command: list[str] | None) -> object:
+        worker = _mergeproc.MergeWorker(command) if command else None
+        try:
+            return installer.install(
+                settings, str(llama_adapter), onto=str(pico_llama), out=out, progress=False, merge_worker=worker
+            )
+        finally:
+            if worker is not None:
+                worker.close()
+
+    with caplog.at_level(logging.WARNING, logger="patchctl._mergeproc"):
+        install(tmp_path / "a", [sys.executable, "-c", "raise SystemExit(3)"])
+    assert "the merge process could not start (exit status 3); merging in this process" in caplog.text
+    install(tmp_path / "b", None)
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    with pytest.raises(OSFailureError, match=r"ended without a result \(exit status 4\)"):
+        install(tmp_path / "c", [sys.executable, "-c", _READY_THEN_EXIT])
+    assert not (tmp_path / "c").exists()
 
 
 @pytest.mark.parametrize(
