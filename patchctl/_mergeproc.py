@@ -74,7 +74,7 @@ def prestart() -> None:
     command line, as the process starts), unless turned off or torch is here already."""
     global _early
     if _early is None and os.environ.get(ENV) != "0" and "torch" not in sys.modules:
-        _early = MergeWorker()
+        _early = _started()
 
 
 def for_install(onto: str, merging: bool, dtype_plan_cache: Path | None = None) -> MergeWorker | None:
@@ -84,10 +84,19 @@ def for_install(onto: str, merging: bool, dtype_plan_cache: Path | None = None) 
     global _early
     early, _early = _early, None
     if merging and wanted(onto, dtype_plan_cache):
-        return early or MergeWorker()
+        return early or _started()
     if early is not None:
         early.discard()
     return None
+
+
+def _started() -> MergeWorker | None:
+    """A new worker, or None where no process can be started (the install then merges here)."""
+    try:
+        return MergeWorker()
+    except OSError as exc:
+        log.warning("the merge process could not be started (%s); merging in this process", exc)
+        return None
 
 
 def _send(stream: IO[bytes], message: Any) -> None:

@@ -249,6 +249,15 @@ def test_a_child_that_cannot_start_is_replaced_by_a_merge_here_and_one_that_dies
     assert not (tmp_path / "c").exists()
 
 
+def test_no_worker_where_no_process_can_be_started(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    with caplog.at_level(logging.WARNING, logger="patchctl._mergeproc"):
+        assert _mergeproc._started() is None  # for_install returns it: the install merges here
+    assert "could not be started" in caplog.text
+
+
 @pytest.mark.parametrize(
     "exc",
     [
