@@ -7,7 +7,8 @@ GIL), in two they run side by side. ``patchctl install`` onto a local base there
 merge once the checks have passed: the plan, the output directory and the options go down its
 stdin, and its progress, then its :class:`~patchctl.merge.MergeResult` or its error, come back
 on its stdout, as length-prefixed pickles. When the install stops before the merge (a check
-failed, an error), the child reads the end of its stdin and exits without writing anything.
+failed, an error), the child, which has written nothing, is killed. A child that cannot start
+(it ends before it has imported the engine) or be started leaves the merge to the parent.
 
 Errors keep their meaning across the pipe: a :class:`~patchctl.errors.PatchctlError` is raised
 again in the parent with its class, message and hint (so the exit code is the same), an
@@ -15,7 +16,8 @@ again in the parent with its class, message and hint (so the exit code is the sa
 ``KeyboardInterrupt`` (exit 130), anything else as a bug with the child's traceback. The child
 ignores the terminal's Ctrl-C: the parent, interrupted, asks it to stop (SIGTERM), waits for it
 to remove its temporary output and only then exits; a parent that is killed takes the child with
-it (``PR_SET_PDEATHSIG``), leaving what a killed merge leaves. The output's bytes are those of the in-process merge (the same code runs).
+it (``PR_SET_PDEATHSIG``), leaving what a killed merge leaves. The output's bytes are those of
+the in-process merge (the same code runs).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import traceback
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
-from patchctl._secrets import RedactingFilter
+from patchctl._secrets import log_to_stderr
 from patchctl.errors import OSFailureError, PatchctlError
 
 if TYPE_CHECKING:
@@ -49,13 +51,18 @@ _FRAME = struct.Struct("<Q")
 log = logging.getLogger(__name__)
 
 
-def wanted(onto: str, dtype_plan_cache: Path | None = None) -> bool:
+def _allowed() -> bool:
+    """Not turned off (:data:`ENV`), and torch not imported here yet (a process that has it gains
+    nothing from a second one)."""
+    return os.environ.get(ENV) != "0" and "torch" not in sys.modules
+
+
+def wanted(onto: str, dtype_plan_cache: Path | None) -> bool:
     """Whether ``patchctl install --onto ONTO`` should merge in a child: a local base (an hf://
     one is merged as it arrives, by the download's threads) whose dtype plan is known (else
     this process imports torch and transformers to build it, and a second process would only
-    add their memory), torch not imported here yet (a process that has it gains nothing from
-    a second one), and not turned off (:data:`ENV`)."""
-    if os.environ.get(ENV) == "0" or "torch" in sys.modules or onto.startswith("hf://"):
+    add their memory), where :func:`_allowed`."""
+    if not _allowed() or onto.startswith("hf://"):
         return False
     base = Path(onto).expanduser()
     if not base.is_dir():
@@ -73,11 +80,11 @@ def prestart() -> None:
     """Start a worker now, before the command's own imports (``patchctl install``, from the
     command line, as the process starts), unless turned off or torch is here already."""
     global _early
-    if _early is None and os.environ.get(ENV) != "0" and "torch" not in sys.modules:
+    if _early is None and _allowed():
         _early = _started()
 
 
-def for_install(onto: str, merging: bool, dtype_plan_cache: Path | None = None) -> MergeWorker | None:
+def for_install(onto: str, merging: bool, dtype_plan_cache: Path | None) -> MergeWorker | None:
     """The worker for an install onto ``onto`` that will ``merge`` (not a dry run, not
     ``--format adapter``): the one :func:`prestart` started, or a new one, where
     :func:`wanted`; else None (a prestarted one is stopped)."""
@@ -86,7 +93,7 @@ def for_install(onto: str, merging: bool, dtype_plan_cache: Path | None = None) 
     if merging and wanted(onto, dtype_plan_cache):
         return early or _started()
     if early is not None:
-        early.discard()
+        early.close()
     return None
 
 
@@ -181,10 +188,6 @@ class MergeWorker:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
 
-    def discard(self) -> None:
-        """Stop a worker that will not merge, without waiting for it to finish importing."""
-        self.close()
-
     def close(self) -> None:
         """End the child: after a merge it has exited; one that was given none has written
         nothing and is killed (a SIGTERM can land in an import that swallows the interruption)."""
@@ -211,9 +214,7 @@ def _rebuilt(kind: str, *args: Any) -> BaseException:
             cls = PatchctlError
         exc = cls.__new__(cls)
         Exception.__init__(exc, message)
-        exc.message, exc.hint = message, hint
-        if exc.exit_code != exit_code:
-            exc.exit_code = exit_code
+        exc.message, exc.hint, exc.exit_code = message, hint, exit_code
         return exc
     if kind == "os":
         number, strerror, filename, filename2 = args
@@ -282,10 +283,7 @@ def main(argv: list[str]) -> int:
     # the messages go on the real stdout; anything printed goes to stderr
     out = _Progress(os.fdopen(os.dup(1), "wb"))
     os.dup2(2, 1)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(RedactingFilter())
-    level = int(argv[0]) if argv else logging.WARNING
-    logging.basicConfig(level=level, handlers=[handler], format="%(levelname)s %(name)s: %(message)s")
+    log_to_stderr(int(argv[0]) if argv else logging.WARNING)
     try:
         from patchctl.merge._execute import execute_merge  # torch: the point of starting early
 

@@ -6,7 +6,7 @@ import logging
 import os
 import re
 
-__all__ = ["RedactingFilter", "redact"]
+__all__ = ["RedactingFilter", "log_to_stderr", "redact"]
 
 _TOKEN_RE = re.compile(r"\bhf_[A-Za-z0-9]{8,}\b")
 _BEARER_RE = re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?bearer\s+)[^\s'\",}]+")
@@ -34,3 +34,12 @@ class RedactingFilter(logging.Filter):
             return True
         record.msg, record.args = redact(message), None
         return True
+
+
+def log_to_stderr(level: int) -> None:
+    """Log records of ``level`` and above on stderr, tokens redacted (the CLI and its merge child)."""
+    import sys
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactingFilter())
+    logging.basicConfig(level=level, handlers=[handler], format="%(levelname)s %(name)s: %(message)s")

@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 import click
 
 from patchctl import __version__
-from patchctl._secrets import RedactingFilter
+from patchctl._secrets import log_to_stderr
 from patchctl.cli._errors import run_with_error_handling
 from patchctl.settings import Settings
 
@@ -167,10 +167,7 @@ def cli(ctx: click.Context, home: str | None, database_url: str | None, verbose:
     Push a LoRA adapter once with its lineage; install it onto every new base release
     (θ′ + Δθ), checked and merged in constant memory.
     """
-    level = logging.WARNING - 10 * min(verbose, 2)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(RedactingFilter())
-    logging.basicConfig(level=level, handlers=[handler], format="%(levelname)s %(name)s: %(message)s")
+    log_to_stderr(logging.WARNING - 10 * min(verbose, 2))
     ctx.obj = Settings.resolve(home=home, database_url=database_url)
 
 
@@ -221,9 +218,9 @@ def _exit(code: int) -> NoReturn:
     """End the ``patchctl`` process (not a program that calls :func:`main`) with ``code`` as an
     interpreter exit would, less the teardown of its modules: once torch is imported, that
     teardown (hundreds of thousands of objects freed one by one, torch's operator libraries
-    unregistered) takes 0.4-0.8 s here, a sixth of an install of a 1 GB base. What an exit does that anyone can see still happens, in the
-    same order: non-daemon threads are joined (after ``concurrent.futures`` has told its
-    workers to stop), :mod:`atexit` functions run (logging's flush, ``weakref.finalize``
+    unregistered) takes 0.4-0.8 s here, a sixth of an install of a 1 GB base. What an exit does
+    that anyone can see still happens, in the same order: non-daemon threads are joined (after
+    ``concurrent.futures`` has told its workers to stop), :mod:`atexit` functions run (logging's flush, ``weakref.finalize``
     clean-ups such as temporary directories, coverage's data file), the standard streams are
     flushed. The catalog's connections are closed by then (each command closes its catalog);
     the files patchctl writes are closed and, where it matters, fsynced before they are renamed.

@@ -109,38 +109,37 @@ def _write_cached(path: Path, patterns: tuple[str, ...]) -> None:
         atomic_write_text(path, json.dumps({"patterns": list(patterns)}))
 
 
-def known(base_dir: Path, cache_dir: Path | None = None) -> bool:
-    """Whether the dtype plan of a local base is had without building the model (no transformers
-    import): not needed (not half precision, no architecture), or remembered here or in ``cache_dir``."""
+def _base_dtype(base_dir: Path) -> tuple[dict[str, Any], str | None]:
+    """A local base's config and the dtype transformers loads it in (:func:`load_dtype`)."""
     from patchctl.bases import read_config, read_safetensors_header, weight_file_names
 
+    config = read_config(base_dir)
+    files = weight_file_names(base_dir)
+    header = read_safetensors_header(base_dir / files[0]) if files else {}
+    return config, load_dtype(config, [str(i["dtype"]) for n, i in header.items() if n != "__metadata__"])
+
+
+def known(base_dir: Path, cache_dir: Path | None = None) -> bool:
+    """Whether :func:`fp32_patterns` answers for a local base without building the model (no
+    transformers import): not needed (not half precision, no architecture), or remembered here
+    or in ``cache_dir``."""
     try:
-        config = read_config(base_dir)
-        files = weight_file_names(base_dir)
-        header = read_safetensors_header(base_dir / files[0]) if files else {}
+        config, dtype = _base_dtype(base_dir)
     except Exception:  # the install's own reads report it
         return True
-    dtype = load_dtype(config, [str(i["dtype"]) for n, i in header.items() if n != "__metadata__"])
-    if dtype not in ("F16", "BF16") or not config.get("architectures"):
-        return True
-    key = _key(config, dtype)
-    if key is None or key in _memo:
-        return True
-    return cache_dir is not None and _read_cached(cache_dir / f"{key}.json") is not None
+    key = _key(config, dtype) if dtype in ("F16", "BF16") and config.get("architectures") else None
+    return (
+        key is None or key in _memo or (cache_dir is not None and _read_cached(cache_dir / f"{key}.json") is not None)
+    )
 
 
 def warm(base_dir: Path, cache_dir: Path | None = None) -> None:
     """Compute (or load) the dtype plan of a local base ahead of :func:`fp32_patterns`' caller, in
     the dtype it will be loaded in; meant for a background thread. Errors are left to the caller's
     own call, which raises them where they belong."""
-    from patchctl.bases import read_config, read_safetensors_header, weight_file_names
-
     with contextlib.suppress(Exception):
-        config = read_config(base_dir)
-        files = weight_file_names(base_dir)
-        header = read_safetensors_header(base_dir / files[0]) if files else {}
-        dtypes = [str(i["dtype"]) for n, i in header.items() if n != "__metadata__"]
-        fp32_patterns(base_dir, config, load_dtype(config, dtypes), cache_dir=cache_dir)
+        config, dtype = _base_dtype(base_dir)
+        fp32_patterns(base_dir, config, dtype, cache_dir=cache_dir)
 
 
 def _compute(base_dir: Path, arch: str, dtype: str) -> Plan:
