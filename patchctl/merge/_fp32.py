@@ -14,6 +14,15 @@ architecture's modeling code (seconds), so the answer is kept: in this process, 
 the user's cache directory (``Settings.dtype_plan_cache_dir``) keyed by the transformers version,
 the dtype and the config's content; and ``install`` computes it on a background thread while the base is fingerprinted
 (:func:`warm`).
+
+Most architectures keep nothing in fp32, and that can be proved from transformers' source without
+importing it (:func:`_proved_empty`): the architecture's class is defined in its model's modeling
+file, which never names ``_keep_in_fp32_modules``, imports no other model's code and builds no
+sub-model through the auto classes. Such a plan is empty in any transformers version (the attribute
+defaults to ``None`` on ``PreTrainedModel``, and only a model class or its sub-models set it), so
+no model is built, nothing is cached, and the install's merge can start in a child process at once
+(:func:`known`). Anything else (T5, mixture-of-experts gates, multimodal models, remote code) is
+computed as above.
 """
 
 from __future__ import annotations
@@ -82,6 +91,9 @@ def fp32_patterns(
     with _lock:
         if key in _memo:
             return _memo[key]
+        if _proved_empty(config):
+            _memo[key] = (), None
+            return _memo[key]
         cached = _read_cached(cache_dir / f"{key}.json") if cache_dir is not None else None
         plan = cached if cached is not None else _compute(base_dir, str(archs[0]), dtype)
         _memo[key] = plan
@@ -129,7 +141,10 @@ def known(base_dir: Path, cache_dir: Path | None = None) -> bool:
         return True
     key = _key(config, dtype) if dtype in ("F16", "BF16") and config.get("architectures") else None
     return (
-        key is None or key in _memo or (cache_dir is not None and _read_cached(cache_dir / f"{key}.json") is not None)
+        key is None
+        or key in _memo
+        or _proved_empty(config)
+        or (cache_dir is not None and _read_cached(cache_dir / f"{key}.json") is not None)
     )
 
 
@@ -140,6 +155,53 @@ def warm(base_dir: Path, cache_dir: Path | None = None) -> None:
     with contextlib.suppress(Exception):
         config, dtype = _base_dtype(base_dir)
         fp32_patterns(base_dir, config, dtype, cache_dir=cache_dir)
+
+
+#: a relative import of another model's package (``from ..llama.modeling_llama import``: two dots, a
+#: name), an absolute one, or a dynamic one: that model's classes may keep modules in fp32
+_OTHER_MODEL_CODE = re.compile(
+    r"^\s*from\s+\.\.[A-Za-z_]|transformers\.models\.|import_module|__import__", re.MULTILINE
+)
+#: sub-models built from a sub-config (``AutoModel.from_config(config.vision_config)``)
+_SUB_MODELS = ("AutoModel", "from_config")
+
+
+def _modeling_source(model_type: str) -> str | None:
+    """The text of transformers' ``models/<type>/modeling_<type>.py``, found without importing
+    transformers; None where there is none."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("transformers")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    name = model_type.replace("-", "_")
+    if not re.fullmatch(r"[a-z0-9_]+", name):
+        return None
+    for root in spec.submodule_search_locations:
+        path = Path(root) / "models" / name / f"modeling_{name}.py"
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            return path.read_text(encoding="utf-8")
+    return None
+
+
+def _proved_empty(config: Mapping[str, Any]) -> bool:
+    """Whether transformers keeps no module of this base in fp32, proved from its source text (the
+    module doc): False means "not proved", and the plan is then computed."""
+    archs = config.get("architectures") or []
+    model_type = config.get("model_type")
+    if len(archs) != 1 or not isinstance(archs[0], str) or not isinstance(model_type, str):
+        return False
+    if "auto_map" in config or any(isinstance(v, Mapping) and "model_type" in v for v in config.values()):
+        return False  # remote code, or a composite model whose sub-configs name other models
+    text = _modeling_source(model_type)
+    if text is None or not re.search(rf"^class {re.escape(archs[0])}\(", text, re.MULTILINE):
+        return False
+    if "_keep_in_fp32_modules" in text or _OTHER_MODEL_CODE.search(text):
+        return False
+    return not any(word in text for word in _SUB_MODELS)
 
 
 def _compute(base_dir: Path, arch: str, dtype: str) -> Plan:

@@ -110,19 +110,44 @@ def test_install_in_a_child_process_writes_what_the_in_process_merge_writes(
 
 
 def test_a_base_whose_dtype_plan_is_not_known_yet_is_merged_in_process_then_in_a_child(
-    tmp_path: Path, models_dir: Path, llama_adapter: Path
+    tmp_path: Path, models_dir: Path
 ) -> None:
-    """Building the dtype plan imports torch and transformers in the patchctl process: a child
-    would only add their memory. Once the plan is cached, the next install merges in a child."""
-    bf16 = picomodels.make_base(models_dir / "pico-llama-bf16-mergeproc", "llama", dtype=torch.bfloat16)
+    """Building the dtype plan (T5 keeps ``wo`` in fp32: not proved from the source) imports torch
+    and transformers in the patchctl process: a child would only add their memory. Once the plan
+    is cached, the next install merges in a child."""
+    import picozoo
+
+    fp16 = picozoo.make_base(models_dir / "pico-t5-fp16-mergeproc", "t5", dtype=torch.float16)
+    adapter = picozoo.make_adapter(fp16, models_dir / "t5-lora-mergeproc", "t5", target_modules=["q", "v", "wo"])
     home, cache = tmp_path / "home", tmp_path / "cache"
     env = {"PATCHCTL_CACHE_DIR": str(cache)}
-    first = _patchctl(home, "-v", "install", llama_adapter, "--onto", bf16, "--out", tmp_path / "a", **env)
+    first = _patchctl(home, "-v", "install", adapter, "--onto", fp16, "--out", tmp_path / "a", **env)
     assert first.returncode == 0, first.stderr
     assert "merging in a child process" not in first.stderr
-    second = _patchctl(home, "-v", "install", llama_adapter, "--onto", bf16, "--out", tmp_path / "b", **env)
+    assert len(list(cache.rglob("*.json"))) == 1
+    second = _patchctl(home, "-v", "install", adapter, "--onto", fp16, "--out", tmp_path / "b", **env)
     assert second.returncode == 0, second.stderr
     assert "merging in a child process" in second.stderr
+    for f in sorted((tmp_path / "a").glob("*.safetensors")):
+        assert f.read_bytes() == (tmp_path / "b" / f.name).read_bytes()
+
+
+def test_a_first_install_onto_a_llama_release_merges_in_a_child_with_nothing_cached(
+    tmp_path: Path, models_dir: Path, llama_adapter: Path
+) -> None:
+    """A bf16 Llama base never seen before (new home, empty cache): its dtype plan is proved empty
+    from transformers' source, so the first install already merges in the child, and writes what
+    the in-process merge writes."""
+    bf16 = picomodels.make_base(models_dir / "pico-llama-bf16-mergeproc", "llama", dtype=torch.bfloat16)
+    env = {"PATCHCTL_CACHE_DIR": str(tmp_path / "cache")}
+    child = _patchctl(tmp_path / "h1", "-v", "install", llama_adapter, "--onto", bf16, "--out", tmp_path / "a", **env)
+    assert child.returncode == 0, child.stderr
+    assert "merging in a child process" in child.stderr
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("*.json"))
+    here = _patchctl(
+        tmp_path / "h2", "install", llama_adapter, "--onto", bf16, "--out", tmp_path / "b", PATCHCTL_MERGE_PROCESS="0"
+    )
+    assert here.returncode == 0, here.stderr
     for f in sorted((tmp_path / "a").glob("*.safetensors")):
         assert f.read_bytes() == (tmp_path / "b" / f.name).read_bytes()
 
