@@ -97,6 +97,13 @@ class PathRef:
 BaseRef = PathRef | HubRef
 
 
+def _no_nul(text: str) -> str:
+    """A NUL byte is in no name, revision or path (the OS refuses it: a ValueError, not a clean error)."""
+    if "\x00" in text:
+        raise RefError(f"{text!r}: contains a NUL byte")
+    return text
+
+
 def _expand(text: str) -> Path:
     """``~`` and ``~user`` expanded; an unknown user (``~0``) is a clean RefError, not a RuntimeError."""
     try:
@@ -132,7 +139,7 @@ def _version_or_alias(text: str, at: str) -> tuple[str | None, str | None]:
 
 def parse_patch_ref(text: str) -> PatchRef | HubRef | RemoteRef | PathRef:
     """Parse what a user typed for a patch. Raises :class:`RefError` with the accepted forms."""
-    text = text.strip()
+    text = _no_nul(text.strip())
     if not text:
         raise RefError("empty patch reference")
     if text.startswith("hf://"):
@@ -185,7 +192,7 @@ def _parse_file(text: str) -> RemoteRef:
 
 def parse_base_ref(text: str) -> PathRef | HubRef:
     """A base is a local directory or ``hf://repo[@rev]``."""
-    text = text.strip()
+    text = _no_nul(text.strip())
     if text.startswith("hf://"):
         ref = _parse_hub(text)
         if ref.spec is not None:

@@ -19,7 +19,7 @@ from packaging.version import Version
 
 from patchctl.bases import read_safetensors_header
 from patchctl.errors import InvalidInputError, PatchctlError
-from patchctl.schemas.refs import PatchRef, parse_patch_ref
+from patchctl.schemas.refs import PatchRef, parse_base_ref, parse_patch_ref
 
 _part = st.from_regex(r"[a-z][a-z0-9_-]{0,15}", fullmatch=True).filter(lambda s: not s.endswith(("-", "_")))
 _versions = st.tuples(st.integers(0, 50), st.integers(0, 50), st.integers(0, 50)).map(lambda t: ".".join(map(str, t)))
@@ -27,9 +27,13 @@ _versions = st.tuples(st.integers(0, 50), st.integers(0, 50), st.integers(0, 50)
 
 @given(st.text(max_size=60))
 @example("~0")  # found by this property: pathlib's expanduser raised RuntimeError for an unknown user
+@example("~\x00")  # found by this property: expanduser raised ValueError (embedded null byte)
+@example("./a\x00b")
 def test_any_text_parses_or_is_a_clean_error(text: str) -> None:
     with contextlib.suppress(PatchctlError):  # anything else (a traceback) fails the test
         parse_patch_ref(text)
+    with contextlib.suppress(PatchctlError):
+        parse_base_ref(text)
 
 
 @given(_part, _part, _versions)
