@@ -5,6 +5,10 @@ The schema is created and changed only by the migrations in :mod:`patchctl.migra
 exact command that fixes it; an empty SQLite database is upgraded on first use so that a new
 user's first command just works. Opening an up-to-date catalog costs one query (its
 ``alembic_version`` row against :data:`HEAD_REVISION`); Alembic is imported only when they differ.
+A brand-new SQLite catalog is given, in one transaction, the schema the migrations leave at
+:data:`HEAD_REVISION`: their DDL as SQLite recorded it (``migrations/sqlite_head.sql``; the
+tests rebuild it with Alembic and compare), which takes 0.05 s where importing Alembic and
+running every migration took about 0.5 s on each first command in a new home.
 
 SQLite: WAL journal, a 30 s busy timeout and foreign keys on every connection; write
 transactions start with ``BEGIN IMMEDIATE`` so that concurrent writers queue on the lock
@@ -267,10 +271,67 @@ def _at_head(engine: Engine) -> bool:
     return [tuple(r) for r in rows] == [(HEAD_REVISION,)]
 
 
+#: the schema the migrations leave in a new SQLite catalog (see the module doc)
+SQLITE_HEAD_SCHEMA = Path(__file__).resolve().parent.parent / "migrations" / "sqlite_head.sql"
+
+
+def sqlite_schema(conn: Connection) -> list[str]:
+    """A SQLite catalog's schema as SQLite records it: the DDL of its tables, then of its indexes
+    (and anything else), each in the order it was created."""
+    rows = conn.exec_driver_sql(
+        "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' "
+        "ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 ELSE 2 END, rowid"
+    ).all()
+    return [str(r[0]) for r in rows]
+
+
+def render_sqlite_schema(statements: list[str], revision: str) -> str:
+    """The text of :data:`SQLITE_HEAD_SCHEMA`: the revision on its first line, a statement per block."""
+    return f"-- revision {revision}\n" + "".join(f"{sql};\n\n" for sql in statements)
+
+
+def _head_schema() -> list[str] | None:
+    """The statements of :data:`SQLITE_HEAD_SCHEMA`, or None when it is missing or records
+    another revision than :data:`HEAD_REVISION` (the migrations then run instead)."""
+    try:
+        text = SQLITE_HEAD_SCHEMA.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    first, _, body = text.partition("\n")
+    if first != f"-- revision {HEAD_REVISION}":
+        return None
+    return [block.strip().removesuffix(";") for block in body.split(";\n\n") if block.strip()]
+
+
+def _create_sqlite_at_head(engine: Engine) -> bool:
+    """Give a SQLite database with no tables the head schema in one transaction (the caller holds
+    :func:`migration_lock`); False where that cannot be done here (no snapshot for this head,
+    or the database is not empty: the migrations then decide)."""
+    statements = _head_schema()
+    if statements is None:
+        return False
+    try:
+        with engine.connect().execution_options(**{WRITE_OPTION: True}) as conn:
+            if conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar():
+                return False
+            for sql in statements:
+                conn.exec_driver_sql(sql)
+            conn.exec_driver_sql("INSERT INTO alembic_version (version_num) VALUES (?)", (HEAD_REVISION,))
+            conn.commit()
+    except OperationalError as exc:
+        raise _connect_error(engine, exc) from None
+    return True
+
+
 def check_schema(engine: Engine, *, auto_create: bool) -> SchemaState:
     """Refuse a catalog that is not at head. An empty database is migrated when ``auto_create``."""
     if _at_head(engine):
         return SchemaState(url=redacted_url(engine.url), current=HEAD_REVISION, head=HEAD_REVISION, empty=False)
+    if auto_create and engine.url.get_backend_name() == "sqlite":
+        # a new catalog (a user's first command): the head schema at once, no Alembic import
+        with migration_lock(engine):
+            if _at_head(engine) or _create_sqlite_at_head(engine):
+                return SchemaState(url=redacted_url(engine.url), current=HEAD_REVISION, head=HEAD_REVISION, empty=False)
     state = schema_state(engine)
     if state.up_to_date:
         return state
