@@ -7,8 +7,8 @@ user's first command just works. Opening an up-to-date catalog costs one query (
 ``alembic_version`` row against :data:`HEAD_REVISION`); Alembic is imported only when they differ.
 A brand-new SQLite catalog is given, in one transaction, the schema the migrations leave at
 :data:`HEAD_REVISION`: their DDL as SQLite recorded it (``migrations/sqlite_head.sql``; the
-tests rebuild it with Alembic and compare), which takes 0.05 s where importing Alembic and
-running every migration took about 0.5 s on each first command in a new home.
+tests rebuild it with Alembic and compare), without importing Alembic: a new home's first
+``patchctl list`` takes 0.38–0.42 s here, against 0.54–0.73 s when every migration ran.
 
 SQLite: WAL journal, a 30 s busy timeout and foreign keys on every connection; write
 transactions start with ``BEGIN IMMEDIATE`` so that concurrent writers queue on the lock
