@@ -18,6 +18,7 @@ __all__ = [
     "CHUNK",
     "DIRECT_ALIGN",
     "HASH_CHUNK",
+    "CachedHashing",
     "HashCache",
     "Residency",
     "atomic_write_bytes",
@@ -35,6 +36,29 @@ CHUNK = 8 * 1024 * 1024
 HASH_CHUNK = 1024 * 1024
 #: O_DIRECT I/O: offsets, lengths and buffer addresses in multiples of this (CHUNK is one)
 DIRECT_ALIGN = 4096
+
+
+class CachedHashing:
+    """Hand bytes that are not in this core's cache (read past the page cache, or written by
+    another thread) to hashes a piece at a time through a small buffer: copying a piece brings it
+    into the cache at memory speed, and sha256 then reads it from there. On this VM's cores
+    sha256 runs at 1.03-1.14 GB/s straight from memory and at 1.36-1.50 GB/s through the copy
+    (a 1 GiB buffer, pieces of 64 KiB to 1 MiB); a piece serves every hash it is given to."""
+
+    PIECE = 256 * 1024
+
+    def __init__(self) -> None:
+        self._buf = bytearray(self.PIECE)
+
+    def pieces(self, data: memoryview) -> Iterator[memoryview]:
+        """``data``'s bytes in order, as views of the buffer (each valid until the next is taken)."""
+        if data.format != "B" or data.ndim != 1:
+            data = data.cast("B")
+        view = memoryview(self._buf)
+        for start in range(0, len(data), self.PIECE):
+            piece = data[start : start + self.PIECE]
+            view[: len(piece)] = piece
+            yield view[: len(piece)]
 
 
 def bypasses_page_cache(total_bytes: int) -> bool:

@@ -31,7 +31,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from patchctl._fs import Residency
+from patchctl._fs import CachedHashing, Residency
 from patchctl.merge._copy import (
     ALIGN,
     DirectSink,
@@ -55,11 +55,13 @@ class StreamHash:
         self._next = len(head)
         self._ok = True
         self._buf: bytearray | None = None
+        self._cached = CachedHashing()  # the bytes were written by another thread
 
     def wrote(self, offset: int, data: memoryview) -> None:
         if self._ok and offset == self._next:
-            self._h.update(data)
-            self._next += len(data)
+            for piece in self._cached.pieces(data):
+                self._h.update(piece)
+            self._next += data.nbytes
         else:
             self._ok = False
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from patchctl._fs import CachedHashing
 from patchctl.merge._copy import WriteBehind
 from patchctl.merge._pipeline import ALIGN, Call, Copy, Pipeline, Read, StreamHash, Write
 
@@ -296,3 +297,22 @@ def test_direct_sink_hands_what_o_direct_refuses_to_the_cached_descriptor(tmp_pa
     sink.close()
     os.close(plain)
     assert path.read_bytes() == first[1:] + rest
+
+
+@pytest.mark.parametrize("nbytes", [0, 1, CachedHashing.PIECE - 1, CachedHashing.PIECE, 3 * CachedHashing.PIECE + 17])
+def test_cached_hashing_hands_on_every_byte_in_order(nbytes: int) -> None:
+    """The pieces the hashes see are the data's bytes, in order, whatever its length and format
+    (a float32 view is cast to bytes); a StreamHash fed this way is the file's sha256."""
+    import array
+    import hashlib
+
+    raw = bytes(range(256)) * (nbytes // 256 + 1)
+    data = memoryview(raw[:nbytes])
+    assert b"".join(bytes(p) for p in CachedHashing().pieces(data)) == raw[:nbytes]
+    floats = array.array("f", range(nbytes // 4))
+    assert b"".join(bytes(p) for p in CachedHashing().pieces(memoryview(floats))) == floats.tobytes()
+    stream = StreamHash(b"head")
+    stream.wrote(4, data)
+    stream.wrote(4 + nbytes, memoryview(floats))
+    total = 4 + nbytes + len(floats.tobytes())
+    assert stream.hexdigest(total) == hashlib.sha256(b"head" + raw[:nbytes] + floats.tobytes()).hexdigest()
