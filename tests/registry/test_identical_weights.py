@@ -34,7 +34,7 @@ def test_per_tensor_digests_match_the_bytes(pico_llama: Path) -> None:
         assert digest == hashlib.sha256(raw).hexdigest() and per == want
     # past the page cache (O_DIRECT, a base larger than a quarter of the RAM): aligned chunks,
     # the file's length not a multiple of them; an unaligned chunk size reads through the cache
-    for chunk in (4096, 8192, 81920, 1 << 20, 1000):  # 81920: pieces of 64 KiB and a shorter one
+    for chunk in (4096, 8192, 286720, 1 << 20, 1000):  # 286720: a 256 KiB piece and a shorter one
         digest, per = hash_file_and_tensors(path, header, chunk_size=chunk, direct=True)
         assert digest == hashlib.sha256(raw).hexdigest() and per == want
     with safe_open(str(path), "np") as f:
