@@ -421,15 +421,14 @@ def install(
         if not dry_run and not overwrite and (out.exists() or out.is_symlink()):
             # fail before fingerprinting the base (minutes for a large one); the engine checks again
             raise ConflictError(f"{out} already exists", hint="pass --overwrite to replace it")
-    if format == "merged" and not dry_run:
-        base_ref = parse_base_ref(onto)
-        local = isinstance(base_ref, PathRef)
-        # onto a Hub base, torch is imported once its download has started, not here: the import
-        # holds the GIL for most of a second, which delayed the checks and so the download by 1.5 s
+    base_ref = parse_base_ref(onto)
+    # onto a Hub base, torch is imported once its download has started, not here: the import
+    # holds the GIL for most of a second, which delayed the checks and so the download by 1.5 s
+    if format == "merged" and not dry_run and isinstance(base_ref, PathRef):
         _prepare_merge_in_background(
-            base_ref.path if isinstance(base_ref, PathRef) and base_ref.path.is_dir() else None,
+            base_ref.path if base_ref.path.is_dir() else None,
             settings.dtype_plan_cache_dir,
-            engine=merge_worker is None and local,
+            engine=merge_worker is None,
         )
     target = _target_base(settings, onto, progress=progress)
     patch, decision = _resolve_for_target(settings, patch, target)

@@ -220,9 +220,9 @@ def _exit(code: int) -> NoReturn:
     teardown (hundreds of thousands of objects freed one by one, torch's operator libraries
     unregistered) takes 0.4-0.8 s here, a sixth of an install of a 1 GB base. What an exit does
     that anyone can see still happens, in the same order: non-daemon threads are joined (after
-    ``concurrent.futures`` has told its workers to stop), :mod:`atexit` functions run (logging's flush, ``weakref.finalize``
-    clean-ups such as temporary directories, coverage's data file), the standard streams are
-    flushed. The catalog's connections are closed by then (each command closes its catalog);
+    ``concurrent.futures`` has told its workers to stop), :mod:`atexit` functions run (logging's
+    flush, ``weakref.finalize`` clean-ups such as temporary directories, coverage's data file),
+    the standard streams are flushed. The catalog's connections are closed by then (each command closes its catalog);
     the files patchctl writes are closed and, where it matters, fsynced before they are renamed.
     Where the interpreter lacks these hooks, the exit is the ordinary one."""
     shutdown = getattr(threading, "_shutdown", None)

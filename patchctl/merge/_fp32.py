@@ -28,6 +28,7 @@ computed as above.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -133,8 +134,8 @@ def _base_dtype(base_dir: Path) -> tuple[dict[str, Any], str | None]:
 
 def known(base_dir: Path, cache_dir: Path | None = None) -> bool:
     """Whether :func:`fp32_patterns` answers for a local base without building the model (no
-    transformers import): not needed (not half precision, no architecture), or remembered here
-    or in ``cache_dir``."""
+    transformers import): not needed (not half precision, no architecture), proved empty from
+    transformers' source (:func:`_proved_empty`), or remembered here or in ``cache_dir``."""
     try:
         config, dtype = _base_dtype(base_dir)
     except Exception:  # the install's own reads report it
@@ -166,6 +167,7 @@ _OTHER_MODEL_CODE = re.compile(
 _SUB_MODELS = ("AutoModel", "from_config")
 
 
+@functools.lru_cache(maxsize=8)  # known(), warm() and the plan ask in turn during one install
 def _modeling_source(model_type: str) -> str | None:
     """The text of transformers' ``models/<type>/modeling_<type>.py``, found without importing
     transformers; None where there is none."""

@@ -325,13 +325,14 @@ def _create_sqlite_at_head(engine: Engine) -> bool:
 
 def check_schema(engine: Engine, *, auto_create: bool) -> SchemaState:
     """Refuse a catalog that is not at head. An empty database is migrated when ``auto_create``."""
+    at_head = SchemaState(url=redacted_url(engine.url), current=HEAD_REVISION, head=HEAD_REVISION, empty=False)
     if _at_head(engine):
-        return SchemaState(url=redacted_url(engine.url), current=HEAD_REVISION, head=HEAD_REVISION, empty=False)
+        return at_head
     if auto_create and engine.url.get_backend_name() == "sqlite":
         # a new catalog (a user's first command): the head schema at once, no Alembic import
         with migration_lock(engine):
             if _at_head(engine) or _create_sqlite_at_head(engine):
-                return SchemaState(url=redacted_url(engine.url), current=HEAD_REVISION, head=HEAD_REVISION, empty=False)
+                return at_head
     state = schema_state(engine)
     if state.up_to_date:
         return state
